@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both create .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# The CPU build of torch: install it first so that nothing pulls the multi-GB CUDA build.
+TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl))
+TORCH_SPEC := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
+
+# Keep every tool offline and its state inside the project.
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_LOGGING_LEVEL ?= WARNING
+export DVC_NO_ANALYTICS := 1
+export WANDB_DIR := $(CURDIR)/.wandb
+export WANDB_MODE ?= offline
+export WANDB_SILENT := true
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test venv demo-data bench clean
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e ".[dev,pretrained]"
+	touch $@
+
+data/demo/reviews.csv: | venv
+	$(VENV)/bin/foldstack demo-data --out data/demo/reviews.csv
+
+demo-data: data/demo/reviews.csv
+
+run: venv data/demo/reviews.csv
+	$(VENV)/bin/foldstack train --params params.yaml
+
+test: venv
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled $(VENV)/bin/pytest -q
+
+bench: venv
+	$(PY) bench/quality.py
+
+clean:
+	rm -rf artifacts .cache .prefect .wandb reports

@@ -1,0 +1,162 @@
+"""The bundle: the one directory that is registered, served and versioned.
+
+    manifest.json            format version, foldstack + library versions, label map, resolved params,
+                             data hash, fold hash, metrics, and the sha256 of every other file
+    base/<name>/<member>/    each base model's fold models (or its full refit), saved without pickle
+    meta/                    the meta-learner (JSON)
+
+`load_bundle` verifies every hash (and that no file was added) before any model file is opened.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from foldstack.data import LabelMap
+from foldstack.errors import BundleError
+from foldstack.fsutil import COMPLETE_MARKER, atomic_directory, read_json, sha256_file, sha256_json, write_json
+
+if TYPE_CHECKING:
+    from foldstack.config import Config
+    from foldstack.stages import Layout
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_LIBRARIES = ("numpy", "pandas", "scikit-learn", "torch", "transformers", "skops", "safetensors", "pydantic")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256_file(p)
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (MANIFEST, COMPLETE_MARKER)}
+
+
+def write_bundle(cfg: Config, layout: Layout) -> Path:
+    """Assemble the bundle from the stage outputs (base fold models, meta-learner, metrics)."""
+    import foldstack
+    from foldstack.stages import FULL_FIT, load_folds, load_snapshot, plan_fold_tasks
+
+    snapshot = load_snapshot(cfg)
+    folds = load_folds(cfg)
+    metrics_path = layout.eval / "metrics.json"
+    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    tasks = plan_fold_tasks(cfg)
+    use_full = cfg.runtime.refit_full
+    with atomic_directory(layout.bundle) as tmp:
+        base_entries = []
+        for spec in cfg.base_models:
+            members = []
+            for task in tasks:
+                if task.model != spec.name or (task.fold == FULL_FIT) != use_full:
+                    continue
+                source = layout.fold_dir(spec.name, task.repeat, task.fold)
+                member = source.name
+                shutil.copytree(source / "model", tmp / "base" / spec.name / member)
+                members.append(member)
+            base_entries.append({"name": spec.name, "kind": spec.kind, "params": spec.params,
+                                 "members": members, "combine": "full refit" if use_full else "mean of fold models"})
+        shutil.copytree(layout.stack / "meta", tmp / "meta")
+        (tmp / COMPLETE_MARKER).unlink(missing_ok=True)
+        files = _file_hashes(tmp)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "foldstack_version": foldstack.__version__,
+            "libraries": library_versions(),
+            "labels": snapshot.label_map.to_json(),
+            "params": cfg.model_dump(mode="json"),
+            "data_hash": snapshot.data_hash,
+            "fold_hash": folds.hash,
+            "base_models": base_entries,
+            "meta": {"kind": cfg.meta.kind, "path": "meta"},
+            "metrics": metrics,
+            "files": files,
+            "bundle_id": sha256_json(files)[:12],
+        }
+        write_json(tmp / MANIFEST, manifest)
+    return layout.bundle
+
+
+def verify_bundle(path: Path) -> dict[str, Any]:
+    """Check every file against the manifest; return the manifest. Raises BundleError on any mismatch."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
+    try:
+        manifest = read_json(manifest_path)
+    except ValueError as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format {manifest.get('format_version')!r}, this foldstack reads "
+                          f"{FORMAT_VERSION}")
+    expected: dict[str, str] = manifest.get("files", {})
+    actual_files = {p.relative_to(path).as_posix() for p in path.rglob("*")
+                    if p.is_file() and p.name not in (MANIFEST, COMPLETE_MARKER)}
+    extra = sorted(actual_files - set(expected))
+    missing = sorted(set(expected) - actual_files)
+    if extra or missing:
+        raise BundleError(f"{path}: files differ from the manifest (missing: {missing[:5]}, unexpected: {extra[:5]})")
+    for rel, digest in expected.items():
+        if sha256_file(path / rel) != digest:
+            raise BundleError(f"{path / rel}: sha256 does not match the manifest; the bundle was modified")
+    if manifest.get("bundle_id") != sha256_json(expected)[:12]:
+        raise BundleError(f"{manifest_path}: bundle_id does not match its file list; the manifest was modified")
+    return manifest
+
+
+class Bundle:
+    """A loaded, verified bundle: predict_proba / predict on raw texts."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], predictor: Any):
+        self.path = path
+        self.manifest = manifest
+        self.label_map = LabelMap.from_json(manifest["labels"])
+        self._predictor = predictor
+
+    @property
+    def labels(self) -> list[Any]:
+        return list(self.label_map.labels)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.get("registry_version") or self.manifest["bundle_id"]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return self._predictor.predict_proba(list(texts))
+
+    def predict(self, texts: list[str]) -> list[Any]:
+        return self.label_map.decode(self.predict_proba(texts).argmax(axis=1))
+
+    def base_probas(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self._predictor.base_probas(list(texts))
+
+
+def load_bundle(path: str | Path, *, device: str = "cpu", cache_dir: Path | None = None) -> Bundle:
+    from foldstack.ensemble import StackedPredictor
+    from foldstack.meta import load_meta
+    from foldstack.models import model_class
+
+    path = Path(path)
+    manifest = verify_bundle(path)
+    members = {}
+    for entry in manifest["base_models"]:
+        cls = model_class(entry["kind"])
+        members[entry["name"]] = [cls.load(path / "base" / entry["name"] / m, device=device, cache_dir=cache_dir)
+                                  for m in entry["members"]]
+    meta = load_meta(path / manifest["meta"]["path"])
+    predictor = StackedPredictor(members, meta, n_classes=len(manifest["labels"]))
+    return Bundle(path, manifest, predictor)

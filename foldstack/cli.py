@@ -1,0 +1,257 @@
+"""The `foldstack` command line: the whole pipeline in-process, each stage alone, prediction, demo data.
+
+Orchestration, registry and serving commands live in their own modules (listed in `_EXTENSIONS`), each
+exposing `register(app)`, so that this module imports neither Prefect nor W&B nor DVC.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from foldstack.config import DEFAULT_PARAMS_FILE, load_config
+from foldstack.errors import FoldstackError
+
+app = typer.Typer(
+    name="foldstack",
+    help="Leak-free K-fold stacked ensembles of text classifiers: train, evaluate, bundle, predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stage_app = typer.Typer(help="Run one pipeline stage alone (what dvc.yaml and the Prefect tasks call).",
+                        no_args_is_help=True)
+app.add_typer(stage_app, name="stage")
+console = Console(stderr=True)
+out = Console()
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="the params file")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: meta.kind=vote (repeatable)")]
+
+
+def _config(params: Path, overrides: list[str] | None):
+    return load_config(params, overrides or [])
+
+
+def _print_json(obj: Any) -> None:
+    out.print_json(json.dumps(obj, default=str))
+
+
+def leaderboard_table(rows: list[dict[str, Any]], title: str = "holdout leaderboard") -> Table:
+    table = Table(title=title, title_justify="left")
+    columns = [c for c in ("model", "role", "accuracy", "macro_f1", "log_loss", "roc_auc", "ece") if rows and c in rows[0]]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "role") else "right")
+    for row in rows:
+        table.add_row(*[f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns],
+                      style="bold green" if row.get("role") == "ensemble" else None)
+    return table
+
+
+class ProgressReporter:
+    """Turns stage events into rich progress bars and short log lines."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.folds_task = None
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        p = self.progress
+        if event == "stage":
+            p.console.log(f"[bold]{info['stage']}[/bold]")
+        elif event == "validated":
+            p.console.log(f"data {info['data_hash']}: {info['n_train']} training rows, {info['n_holdout']} holdout, "
+                          f"classes {info['train_class_counts']}")
+        elif event == "folds":
+            p.console.log(f"folds {info['hash']}: k={info['k']} x {info['repeats']} repeat(s), "
+                          f"{info['n_groups']} text groups")
+        elif event == "plan":
+            if info["skipped"]:
+                p.console.log(f"resume: {info['skipped']} of {info['total']} fold trainings already done "
+                              f"with the same identity; skipped")
+            self.folds_task = p.add_task("train base models", total=info["pending"])
+        elif event == "fold_done" and self.folds_task is not None:
+            p.advance(self.folds_task)
+            p.console.log(f"  {info['task']} {info['seconds']:.1f}s" + (" (skipped)" if info.get("skipped") else ""))
+        elif event == "collected":
+            p.console.log(f"OOF {info['model']}: coverage {info['coverage']:.0%}, accuracy {info['oof_accuracy']:.4f}")
+        elif event == "stacked":
+            cv = info["cv"]
+            p.console.log(f"meta-learner {info['kind']}: CV on OOF accuracy {cv.get('accuracy', float('nan')):.4f}, "
+                          f"log loss {cv.get('log_loss', float('nan')):.4f}")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+@app.command()
+def train(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Run the whole pipeline in this process: validate, folds, base models, stack, evaluate, bundle."""
+    from foldstack.stages import run_pipeline
+
+    cfg = _config(params, set_)
+    with _progress() as progress:
+        result = run_pipeline(cfg, ProgressReporter(progress))
+    out.print(leaderboard_table(result.leaderboard))
+    out.print(f"bundle: [bold]{result.bundle}[/bold]  (trained {result.trained} fold models, "
+              f"reused {result.skipped})")
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="a bundle directory")],
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="csv/tsv/parquet/jsonl with a text column")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write predictions (csv/parquet/jsonl)")],
+    text_column: Annotated[str, typer.Option(help="the text column of INPUT")] = "text",
+    batch_size: Annotated[int, typer.Option(min=1)] = 1024,
+) -> None:
+    """Predict labels and class probabilities for a file of texts."""
+    from foldstack.predict import predict_file
+
+    n = predict_file(bundle, input_path, output, text_column=text_column, batch_size=batch_size)
+    console.log(f"wrote {n} predictions to {output}")
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """(Re)compute holdout metrics, leaderboard and plots from the stage outputs."""
+    from foldstack.stages import evaluate as evaluate_stage
+
+    result = evaluate_stage(_config(params, set_))
+    out.print(leaderboard_table(result["leaderboard"]))
+
+
+@app.command("demo-data")
+def demo_data(
+    out_path: Annotated[Path, typer.Option("--out", help="where to write the CSV")] = Path("data/demo/reviews.csv"),
+    rows: Annotated[int, typer.Option(min=50, help="number of rows")] = 3000,
+    classes: Annotated[int, typer.Option(min=2, max=3, help="2 (negative/positive) or 3 (+ neutral)")] = 3,
+    noise: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of flipped labels")] = 0.05,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a synthetic product-review dataset (the project's own demo data)."""
+    from foldstack.demo import write_demo_data
+
+    summary = write_demo_data(out_path, rows=rows, n_classes=classes, noise=noise, seed=seed)
+    console.log(f"wrote {summary['rows']} rows to {out_path}: {summary['class_counts']}")
+
+
+@app.command("validate-params")
+def validate_params(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Check params.yaml and print the resolved configuration."""
+    _print_json(_config(params, set_).model_dump(mode="json"))
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the registered base-model kinds and their params."""
+    from foldstack.models import available_kinds, model_class
+
+    table = Table("kind", "params (defaults)", title="base-model kinds", title_justify="left")
+    for kind in available_kinds():
+        cls = model_class(kind)
+        table.add_row(kind, ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items()))
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------------------- stages
+@stage_app.command("validate")
+def stage_validate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Read and check the data; write the snapshot (train/holdout split, label map, hash)."""
+    from foldstack.stages import validate
+
+    _print_json(validate(_config(params, set_)))
+
+
+@stage_app.command("folds")
+def stage_folds(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Write the one fold assignment every base model uses."""
+    from foldstack.stages import make_folds
+
+    _print_json(make_folds(_config(params, set_)))
+
+
+@stage_app.command("train-base")
+def stage_train_base(name: Annotated[str, typer.Argument(help="a base model's name in params")],
+                     params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+                     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N")] = None) -> None:
+    """Train every fold of one base model (finished folds with the same identity are skipped), collect OOF."""
+    from foldstack.stages import train_base
+
+    cfg = _config(params, set_)
+    cfg.base_model(name)
+    with _progress() as progress:
+        reporter = ProgressReporter(progress)
+        reporter("plan", {"pending": cfg.folds.k * cfg.folds.repeats, "skipped": 0, "total": 0})
+        summary = train_base(cfg, name, device=device, report=reporter)
+    _print_json(summary)
+
+
+@stage_app.command("train-fold")
+def stage_train_fold(name: str, repeat: int, fold: int, params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+                     set_: SetOpt = None, device: str | None = None) -> None:
+    """Train one (model, repeat, fold) task."""
+    from foldstack.stages import train_fold
+
+    _print_json(train_fold(_config(params, set_), name, repeat, fold, device))
+
+
+@stage_app.command("stack")
+def stage_stack(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Fit the meta-learner on the OOF predictions (and estimate it by CV on the OOF)."""
+    from foldstack.stages import stack
+
+    _print_json(stack(_config(params, set_)))
+
+
+@stage_app.command("evaluate")
+def stage_evaluate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Holdout metrics for every base model, baseline and the ensemble; leaderboard and plots."""
+    from foldstack.stages import evaluate as evaluate_stage
+
+    out.print(leaderboard_table(evaluate_stage(_config(params, set_))["leaderboard"]))
+
+
+@stage_app.command("bundle")
+def stage_bundle(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Assemble the self-describing, hashed model bundle."""
+    from foldstack.stages import make_bundle
+
+    _print_json(make_bundle(_config(params, set_)))
+
+
+# Command groups that live beside their edge (Prefect, registry, validation); each has register(app).
+_EXTENSIONS = ("foldstack.cli_prefect", "foldstack.cli_registry", "foldstack.cli_data")
+
+
+def _register_extensions() -> None:
+    for name in _EXTENSIONS:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(app)
+
+
+_register_extensions()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except FoldstackError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Shared fixtures: small demo data, cheap params files, offline tool settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Offline, quiet, single-threaded: torch on a busy 2-core box is 30x slower with more threads.
+for var, value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                   "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "DVC_NO_ANALYTICS": "1",
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false",
+                   "GX_ANALYTICS_ENABLED": "false"}.items():
+    os.environ.setdefault(var, value)
+
+from foldstack.demo import write_demo_data  # noqa: E402
+
+CHEAP_MODELS = [
+    {"name": "tfidf_lr", "kind": "tfidf_lr", "params": {}},
+    {"name": "nb_svm", "kind": "nb_svm", "params": {}},
+]
+
+
+@pytest.fixture(scope="session")
+def demo_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("demo") / "reviews.csv"
+    write_demo_data(path, rows=600, n_classes=3, noise=0.05, seed=0)
+    return path
+
+
+def write_params(directory: Path, data_path: Path, **sections) -> Path:
+    """A params.yaml in `directory` for `data_path` with cheap models; sections override whole keys."""
+    params = {
+        "seed": 0,
+        "data": {"path": str(data_path)},
+        "folds": {"k": 3},
+        "base_models": CHEAP_MODELS,
+        "meta": {"kind": "logreg"},
+        "evaluate": {"plots": False},
+        "runtime": {"artifacts_dir": str(directory / "artifacts"), "cache_dir": str(directory / "cache"),
+                    "max_workers": 1, "device": "cpu"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            params[key] = {**params[key], **value}
+        else:
+            params[key] = value
+    path = directory / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def params_file(tmp_path, demo_csv) -> Path:
+    return write_params(tmp_path, demo_csv)
