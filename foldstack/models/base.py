@@ -1,0 +1,65 @@
+"""The base-model protocol every kind implements, and the helpers they share.
+
+A base model is a small class: its constructor takes its validated params section plus what the
+orchestrator decides for it (number of classes, device, seed, cache directory); `fit` returns self;
+`predict_proba` returns rows x classes with rows summing to 1; `save`/`load` use no pickle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel as _PydanticModel
+from pydantic import ConfigDict
+
+
+class ModelParams(_PydanticModel):
+    """Base class of a kind's params section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@runtime_checkable
+class BaseModel(Protocol):
+    kind: ClassVar[str]
+    Params: ClassVar[type[ModelParams]]
+
+    def fit(self, texts: Sequence[str], y: np.ndarray) -> Self: ...
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    @classmethod
+    def load(cls, directory: Path, *, device: str = "cpu", cache_dir: Path | None = None) -> Self: ...
+
+
+class ModelContext(_PydanticModel):
+    """What the orchestrator gives a model: never chosen by the model itself."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    n_classes: int
+    device: str = "cpu"
+    seed: int = 0
+    cache_dir: Path | None = None
+
+
+def check_proba(proba: np.ndarray, n_rows: int, n_classes: int, who: str) -> np.ndarray:
+    """Assert the protocol's promise on a prediction: shape, finiteness, rows summing to 1."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.shape != (n_rows, n_classes):
+        raise AssertionError(f"{who}: predict_proba gave shape {proba.shape}, expected {(n_rows, n_classes)}")
+    if not np.all(np.isfinite(proba)):
+        raise AssertionError(f"{who}: predict_proba gave non-finite values")
+    sums = proba.sum(axis=1)
+    if not np.allclose(sums, 1.0, atol=1e-4):
+        raise AssertionError(f"{who}: predict_proba rows do not sum to 1 (min {sums.min()}, max {sums.max()})")
+    return proba / sums[:, None]
+
+
+def params_dict(params: ModelParams) -> dict[str, Any]:
+    return params.model_dump(mode="json")
