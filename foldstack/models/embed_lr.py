@@ -1,0 +1,255 @@
+"""`embed_lr`: frozen transformer sentence embeddings + a scikit-learn logistic regression.
+
+Embedding is the expensive part, and it does not depend on the fold: every text is embedded once per
+embedding model and kept in an append-only cache under `<cache_dir>/embeddings/`, keyed by the sha256 of
+the text. Fold 1's fit and predictions fill it; folds 2..K and later runs on the same texts compute nothing.
+Without a cache directory (context.cache_dir None) embeddings are computed every time.
+
+Saved as JSON + .npy (no pickle): the logistic regression's coefficients, and in model.json the embedding
+model's source and content identity, which `load` checks so that a classifier is never applied to vectors
+from a different model.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from pydantic import Field
+
+from foldstack.errors import BundleError, DataError
+from foldstack.fsutil import load_array, save_array, write_json
+from foldstack.models import register_model
+from foldstack.models.base import ModelContext, ModelParams, params_dict
+from foldstack.models.hf import (
+    DEFAULT_EMBEDDING_MODEL,
+    SentenceEncoder,
+    check_labels,
+    model_identity,
+    read_model_json,
+    resolve_device,
+    resolve_model_source,
+    text_key,
+    texts_hash,
+)
+
+FORMAT_VERSION = 1
+_KEY_CHARS = 64  # a sha256 in hex: ASCII without NUL bytes, which numpy "S" strings would strip
+
+
+class EmbeddingStore:
+    """An append-only cache of text embeddings for one embedding function, in one directory.
+
+    Each write adds a shard `shard-<hash>.npy`: one structured array of (key = sha256 of the text, vector),
+    written to a temporary name and renamed, so readers see whole shards or none. Shards are never
+    modified, so a process only reads the shards it has not seen yet. `locked()` serialises the
+    look-up -> compute -> write sequence across processes: parallel fold tasks wait for the one that is
+    embedding instead of embedding the same texts twice.
+    """
+
+    # Shards already read, per store directory, shared by the instances of one process.
+    _loaded: ClassVar[dict[Path, dict[str, Any]]] = {}
+    _loaded_guard = threading.Lock()
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def locked(self) -> Any:
+        from filelock import FileLock
+
+        return FileLock(str(self.directory / "store.lock"))
+
+    def _state(self) -> dict[str, Any]:
+        """This process's view of the store, refreshed with shards written since the last look."""
+        with self._loaded_guard:
+            state = self._loaded.setdefault(self.directory.resolve(), {"shards": set(), "vectors": {}})
+            for shard in sorted(self.directory.glob("shard-*.npy")):
+                if shard.name in state["shards"]:
+                    continue
+                records = load_array(shard)
+                for key, vector in zip(records["key"], records["vector"], strict=True):
+                    state["vectors"][key.decode("ascii")] = vector
+                state["shards"].add(shard.name)
+            return state
+
+    def get(self, keys: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The cached vectors among `keys`, and the keys (deduplicated, in first-seen order) not cached."""
+        vectors = self._state()["vectors"]
+        found = {k: vectors[k] for k in keys if k in vectors}
+        missing = list(dict.fromkeys(k for k in keys if k not in vectors))
+        return found, missing
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray, shard_name: str) -> None:
+        """Write one shard with these (key, vector) rows."""
+        if len(keys) == 0:
+            return
+        vectors = np.asarray(vectors, dtype=np.float32)
+        records = np.empty(len(keys), dtype=[("key", f"S{_KEY_CHARS}"), ("vector", np.float32, (vectors.shape[1],))])
+        records["key"] = np.asarray(keys, dtype=f"S{_KEY_CHARS}")
+        records["vector"] = vectors
+        final = self.directory / f"shard-{shard_name}.npy"
+        tmp = self.directory / f".shard-{shard_name}.{uuid.uuid4().hex[:8]}.tmp.npy"
+        save_array(tmp, records)
+        os.replace(tmp, final)
+
+
+@register_model
+class EmbedLR:
+    """Mean-pooled embeddings of a frozen transformer, optionally L2-normalised, fed to a logistic regression."""
+
+    kind: ClassVar[str] = "embed_lr"
+
+    class Params(ModelParams):
+        model: str = Field(
+            DEFAULT_EMBEDDING_MODEL,
+            description="embedding model: a local Hugging Face directory, package:<module> or tiny:<seed>",
+        )
+        max_length: int = Field(128, ge=8, le=8192, description="tokens per text; longer texts are truncated")
+        batch_size: int = Field(64, ge=1, le=4096, description="texts per forward pass when embedding")
+        normalize: bool = Field(True, description="L2-normalise the embeddings before the regression")
+        C: float = Field(1.0, gt=0, description="inverse regularisation strength of the logistic regression")
+        max_iter: int = Field(1000, ge=10, le=100_000, description="lbfgs iterations of the logistic regression")
+
+    def __init__(self, params: Params, context: ModelContext):
+        self.params = params
+        self.context = context
+        self._loaded_encoder: SentenceEncoder | None = None
+
+    # ---------------------------------------------------------------------------------------------
+    # embedding
+    # ---------------------------------------------------------------------------------------------
+    def _source(self) -> Path:
+        return resolve_model_source(self.params.model, cache_dir=self.context.cache_dir)
+
+    def _encoder(self) -> SentenceEncoder:
+        # Loaded on first need only: when every text is cached the model is never read from disk.
+        if self._loaded_encoder is None:
+            self._loaded_encoder = SentenceEncoder(
+                self._source(),
+                device=resolve_device(self.context.device),
+                max_length=self.params.max_length,
+                batch_size=self.params.batch_size,
+            )
+        return self._loaded_encoder
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        identity = model_identity(self._source())
+        if self.context.cache_dir is None:
+            vectors = self._encoder().encode(texts)
+            self._count(computed=len(texts), cached=0)
+        else:
+            # max_length changes the vectors (truncation), so it is part of the store's address.
+            store = EmbeddingStore(
+                Path(self.context.cache_dir) / "embeddings" / f"{identity}-mean-len{self.params.max_length}"
+            )
+            keys = [text_key(t) for t in texts]
+            with store.locked():
+                found, missing = store.get(keys)
+                if missing:
+                    first_text = dict(zip(keys, texts, strict=True))
+                    missing_texts = [first_text[k] for k in missing]
+                    computed = self._encoder().encode(missing_texts)
+                    store.add(missing, computed, texts_hash(missing_texts, identity)[:20])
+                    found.update(zip(missing, computed, strict=True))
+            vectors = np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+            self._count(computed=len(missing), cached=len(keys) - len(missing))
+        vectors = vectors.astype(np.float64)
+        if self.params.normalize:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, 1e-12)
+        return vectors
+
+    def _count(self, *, computed: int, cached: int) -> None:
+        """Running totals over this model's life, so callers and tests can see the cache at work."""
+        self.n_embedded_ = getattr(self, "n_embedded_", 0) + computed
+        self.n_from_cache_ = getattr(self, "n_from_cache_", 0) + cached
+
+    # ---------------------------------------------------------------------------------------------
+    # the protocol
+    # ---------------------------------------------------------------------------------------------
+    def fit(self, texts: Sequence[str], y: np.ndarray) -> Self:
+        from sklearn.linear_model import LogisticRegression
+
+        y = check_labels(y, len(texts), self.context.n_classes, self.kind)
+        classes = np.unique(y)
+        if classes.size < 2:
+            raise DataError(
+                f"embed_lr: the training part holds the classes {classes.tolist()}; at least two are needed"
+            )
+        features = self._embed(texts)
+        self.classifier_ = LogisticRegression(
+            C=self.params.C, max_iter=self.params.max_iter, random_state=self.context.seed
+        ).fit(features, y)
+        self.embedding_dim_ = features.shape[1]
+        self.model_identity_ = model_identity(self._source())
+        return self
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if not hasattr(self, "classifier_"):
+            raise RuntimeError("embed_lr: call fit (or load) before predict_proba")
+        if len(texts) == 0:
+            return np.zeros((0, self.context.n_classes))
+        present = self.classifier_.predict_proba(self._embed(texts))
+        # Classes absent from this fold's training part get probability 0, in their own column.
+        proba = np.zeros((len(texts), self.context.n_classes))
+        proba[:, self.classifier_.classes_] = present
+        return proba
+
+    def save(self, directory: Path) -> None:
+        if not hasattr(self, "classifier_"):
+            raise RuntimeError("embed_lr: nothing to save before fit")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_array(directory / "coef.npy", self.classifier_.coef_)
+        save_array(directory / "intercept.npy", self.classifier_.intercept_)
+        save_array(directory / "classes.npy", self.classifier_.classes_.astype(np.int64))
+        write_json(
+            directory / "model.json",
+            {
+                "kind": self.kind,
+                "format_version": FORMAT_VERSION,
+                "params": params_dict(self.params),
+                "n_classes": self.context.n_classes,
+                "seed": self.context.seed,
+                "embedding": {
+                    "source": self.params.model,
+                    "identity": self.model_identity_,
+                    "dim": self.embedding_dim_,
+                    "pooling": "mean",
+                },
+            },
+        )
+
+    @classmethod
+    def load(cls, directory: Path, *, device: str = "cpu", cache_dir: Path | None = None) -> Self:
+        from sklearn.linear_model import LogisticRegression
+
+        directory = Path(directory)
+        meta = read_model_json(directory, cls.kind, FORMAT_VERSION)
+        params = cls.Params.model_validate(meta["params"])
+        context = ModelContext(n_classes=meta["n_classes"], device=device, seed=meta["seed"], cache_dir=cache_dir)
+        model = cls(params, context)
+        recorded = meta["embedding"]["identity"]
+        found = model_identity(model._source())
+        if found != recorded:
+            raise BundleError(
+                f"{directory}: the embedding model {params.model!r} now resolves to {model._source()} with content "
+                f"identity {found}, but this classifier was trained on embeddings of identity {recorded}; "
+                "provide the original model files"
+            )
+        classifier = LogisticRegression(C=params.C, max_iter=params.max_iter, random_state=meta["seed"])
+        classifier.coef_ = load_array(directory / "coef.npy")
+        classifier.intercept_ = load_array(directory / "intercept.npy")
+        classifier.classes_ = load_array(directory / "classes.npy")
+        classifier.n_features_in_ = classifier.coef_.shape[1]
+        model.classifier_ = classifier
+        model.embedding_dim_ = int(meta["embedding"]["dim"])
+        model.model_identity_ = recorded
+        return model
