@@ -50,7 +50,7 @@ def leaderboard_table(rows: list[dict[str, Any]], title: str = "holdout leaderbo
     table = Table(title=title, title_justify="left")
     columns = [c for c in ("model", "role", "accuracy", "macro_f1", "log_loss", "roc_auc", "ece") if rows and c in rows[0]]
     for col in columns:
-        table.add_column(col, justify="left" if col in ("model", "role") else "right")
+        table.add_column(col, justify="left" if col in ("model", "role") else "right", no_wrap=True)
     for row in rows:
         table.add_row(*[f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns],
                       style="bold green" if row.get("role") == "ensemble" else None)

@@ -88,7 +88,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         yield tmp
@@ -106,13 +106,30 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         raise
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_temporaries(directory: Path) -> int:
-    """Delete leftovers of killed writers (`.name.tmp-*`, `.name.old-*`); returns how many."""
+    """Delete leftovers of killed writers (`.name.tmp-<pid>-*` whose process is gone); returns how many.
+
+    A temporary directory of a live process (another fold task writing right now) is left alone.
+    """
     removed = 0
     if not directory.is_dir():
         return 0
     for p in directory.iterdir():
-        if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            removed += 1
+        if not p.name.startswith(".") or (".tmp-" not in p.name and ".old-" not in p.name):
+            continue
+        owner = p.name.rsplit(".tmp-", 1)[-1].split("-", 1)[0] if ".tmp-" in p.name else ""
+        if owner.isdigit() and _pid_alive(int(owner)):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed += 1
     return removed

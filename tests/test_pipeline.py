@@ -105,6 +105,7 @@ def test_rerun_skips_finished_folds_and_meta_change_retrains_nothing(tmp_path, d
     (layout.base("nb_svm") / ".fold-r0-k1.tmp-dead").mkdir()
     second = run_pipeline(cfg)
     assert (second.trained, second.skipped) == (1, 5)
+    assert not (layout.base("nb_svm") / ".fold-r0-k1.tmp-dead").exists(), "leftovers of dead writers are removed"
     third = run_pipeline(load_config(write_params(tmp_path, demo_csv), ["meta.kind=ensemble_selection"]))
     assert (third.trained, third.skipped) == (0, 6)
     changed = load_config(write_params(tmp_path, demo_csv), ["base_models.tfidf_lr.params.C=0.5"])
@@ -165,3 +166,17 @@ def test_estimator_is_sklearn_compatible(demo_csv):
     assert list(clf.classes_) == ["negative", "neutral", "positive"]
     assert clf.oof_["lr"].shape == (400, 3)
     assert clf.score(frame.text[400:], frame.label[400:]) > 0.5
+
+
+def test_refit_full_predicts_with_models_fit_on_all_training_rows(tmp_path, demo_csv):
+    cfg = load_config(write_params(tmp_path, demo_csv, base_models=[{"name": "lr", "kind": "tfidf_lr"}],
+                                   runtime={"refit_full": True}))
+    result = run_pipeline(cfg)
+    assert result.trained == 4, "3 folds + 1 full refit"
+    layout = Layout.of(cfg)
+    assert json.loads((layout.fold_dir("lr", 0, -1) / "task.json").read_text())["n_val"] == 0
+    bundle = foldstack.load(result.bundle)
+    assert bundle.manifest["base_models"][0]["members"] == ["full"]
+    holdout = pd.read_parquet(layout.snapshot / "holdout.parquet")
+    np.testing.assert_allclose(bundle.predict_proba(holdout["text"].tolist()),
+                               load_array(layout.stack / "holdout_proba.npy"), atol=1e-9)

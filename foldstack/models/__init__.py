@@ -63,14 +63,29 @@ def make_model(kind: str, params: dict[str, Any], context: ModelContext) -> Base
 
 
 def code_version(kind: str) -> str:
-    """A hash of the source of the module that trains `kind` (part of a fold task's identity)."""
+    """A hash of the code that trains `kind` (part of a fold task's identity).
+
+    Covers the kind's own module and the foldstack modules it imports (e.g. the shared transformer or
+    persistence helpers), so a change to any of them retrains that kind's folds and no other kind's.
+    """
     import hashlib
     import inspect
+    import re
+    import sys
 
     import foldstack
 
-    cls = model_class(kind)
-    module = inspect.getmodule(cls)
-    source = inspect.getsource(module) if module else ""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    module = inspect.getmodule(model_class(kind))
+    sources, seen, queue = [], set(), [module.__name__] if module else []
+    while queue:
+        name = queue.pop()
+        if name in seen or name not in sys.modules:
+            continue
+        seen.add(name)
+        source = inspect.getsource(sys.modules[name])
+        sources.append(source)
+        for dep in re.findall(r"^\s*(?:from|import)\s+(foldstack\.models\.[\w.]+)", source, flags=re.M):
+            importlib.import_module(dep)
+            queue.append(dep)
+    digest = hashlib.sha256("\n".join(sources).encode()).hexdigest()[:12]
     return f"{foldstack.__version__}+{digest}"
