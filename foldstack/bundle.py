@@ -45,6 +45,15 @@ def _file_hashes(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (MANIFEST, COMPLETE_MARKER)}
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """The bundle's id: a hash of everything in the manifest (labels, params, metrics, file hashes).
+
+    Fields a registry adds after the fact (`registry_version`, `registry`) are not part of the trained model's identity.
+    """
+    content = {k: v for k, v in manifest.items() if k not in ("bundle_id", "registry_version", "registry")}
+    return sha256_json(content)[:12]
+
+
 def write_bundle(cfg: Config, layout: Layout) -> Path:
     """Assemble the bundle from the stage outputs (base fold models, meta-learner, metrics)."""
     import foldstack
@@ -84,8 +93,8 @@ def write_bundle(cfg: Config, layout: Layout) -> Path:
             "meta": {"kind": cfg.meta.kind, "path": "meta"},
             "metrics": metrics,
             "files": files,
-            "bundle_id": sha256_json(files)[:12],
         }
+        manifest["bundle_id"] = manifest_digest(manifest)
         write_json(tmp / MANIFEST, manifest)
     return layout.bundle
 
@@ -113,8 +122,8 @@ def verify_bundle(path: Path) -> dict[str, Any]:
     for rel, digest in expected.items():
         if sha256_file(path / rel) != digest:
             raise BundleError(f"{path / rel}: sha256 does not match the manifest; the bundle was modified")
-    if manifest.get("bundle_id") != sha256_json(expected)[:12]:
-        raise BundleError(f"{manifest_path}: bundle_id does not match its file list; the manifest was modified")
+    if manifest.get("bundle_id") != manifest_digest(manifest):
+        raise BundleError(f"{manifest_path}: bundle_id does not match the manifest's content; the manifest was modified")
     return manifest
 
 

@@ -96,7 +96,9 @@ def _progress() -> Progress:
 
 
 @app.command()
-def train(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+def train(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+          track: Annotated[bool, typer.Option(help="log the run to W&B (tracking.mode; offline without a key)")]
+          = True) -> None:
     """Run the whole pipeline in this process: validate, folds, base models, stack, evaluate, bundle."""
     from foldstack.stages import run_pipeline
 
@@ -106,21 +108,42 @@ def train(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) ->
     out.print(leaderboard_table(result.leaderboard))
     out.print(f"bundle: [bold]{result.bundle}[/bold]  (trained {result.trained} fold models, "
               f"reused {result.skipped})")
+    if track:
+        from foldstack.tracking import track_pipeline_run
+
+        where = track_pipeline_run(cfg)
+        if where["mode"] != "disabled":
+            out.print(f"tracked in W&B ({where['mode']}): {where.get('run_dir') or where.get('run_path')}")
 
 
 @app.command()
 def predict(
-    bundle: Annotated[Path, typer.Argument(help="a bundle directory")],
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="csv/tsv/parquet/jsonl with a text column")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="where to write predictions (csv/parquet/jsonl)")],
+    paths: Annotated[list[Path], typer.Argument(metavar="[BUNDLE] INPUT",
+                                                help="a bundle directory (unless --model) and the input file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write predictions (csv/tsv/parquet/jsonl)")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="a registry reference instead of BUNDLE: "
+                                              "production, latest or a version such as v0.2.0")] = None,
+    params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
     text_column: Annotated[str, typer.Option(help="the text column of INPUT")] = "text",
     batch_size: Annotated[int, typer.Option(min=1)] = 1024,
 ) -> None:
-    """Predict labels and class probabilities for a file of texts."""
+    """Predict labels and class probabilities for a file of texts (with a bundle, or the registry's production model)."""
+    from foldstack.errors import ConfigError
     from foldstack.predict import predict_file
 
+    if model is not None:
+        if len(paths) != 1:
+            raise ConfigError("with --model give only INPUT: foldstack predict --model production INPUT -o OUTPUT")
+        from foldstack.registry import resolve_model
+
+        bundle, input_path = resolve_model(model, params=params), paths[0]
+    else:
+        if len(paths) != 2:
+            raise ConfigError("give BUNDLE and INPUT (foldstack predict BUNDLE INPUT -o OUTPUT), "
+                              "or --model production INPUT")
+        bundle, input_path = paths
     n = predict_file(bundle, input_path, output, text_column=text_column, batch_size=batch_size)
-    console.log(f"wrote {n} predictions to {output}")
+    console.log(f"wrote {n} predictions to {output} (model {bundle})")
 
 
 @app.command()

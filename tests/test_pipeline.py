@@ -83,6 +83,13 @@ def test_tampered_or_extended_bundle_is_refused(trained, tmp_path):
     (copy / "meta" / "extra.json").write_text("{}")
     with pytest.raises(BundleError, match="unexpected"):
         foldstack.load(copy)
+    shutil.rmtree(copy)
+    shutil.copytree(result.bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["labels"] = list(reversed(manifest["labels"]))
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="manifest was modified"):
+        foldstack.load(copy)
 
 
 def test_same_seed_same_oof_and_metrics(trained, tmp_path, demo_csv):
