@@ -1,0 +1,210 @@
+"""`foldstack registry ...` and `foldstack serve-model`: the registry and serving commands.
+
+Loaded by `foldstack.cli` through `register(app)`; kept apart so that the core CLI imports neither GTO, W&B
+nor FastAPI. This module imports nothing from `foldstack.cli` (which imports this one while it loads).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from foldstack.config import DEFAULT_PARAMS_FILE, load_config
+
+out = Console()
+err = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="the params file")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: registry.gate_tolerance=0.01")]
+
+registry_app = typer.Typer(
+    help="The model registry: versions and the production stage (GTO git tags), W&B registry links.",
+    no_args_is_help=True)
+
+
+def _config(params: Path, overrides: list[str] | None):
+    return load_config(params, overrides or [])
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _gate_table(gate: dict[str, Any]) -> Table:
+    table = Table(title=f"promotion gate: {'PASS' if gate['passed'] else 'no promotion'} ({gate['outcome']})",
+                  title_justify="left")
+    table.add_column("model")
+    table.add_column("version")
+    table.add_column(f"{gate['metric']} ({'lower' if gate['lower_is_better'] else 'higher'} is better)",
+                     justify="right")
+    table.add_row("candidate", _fmt(gate["candidate_version"]), _fmt(gate["candidate_score"], 6))
+    table.add_row("production", _fmt(gate["production_version"]), _fmt(gate["production_score"], 6))
+    table.caption = gate["reason"] + "".join(f"\nnote: {n}" for n in gate.get("notes", []))
+    return table
+
+
+@registry_app.command("list")
+def list_versions(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Every registered version, newest first, with its stage and holdout metrics."""
+    from foldstack.registry import GitModelRegistry
+
+    cfg = _config(params, set_)
+    registry = GitModelRegistry.from_config(cfg)
+    production = registry.production()
+    metric = cfg.registry.gate_metric
+    table = Table(title=f"{registry.model_name} versions", title_justify="left")
+    for column in ("version", "stage", "registered", "bundle", "data"):
+        table.add_column(column, no_wrap=True)
+    table.add_column(metric, justify="right", no_wrap=True)
+    for version in registry.versions():
+        is_production = production is not None and production.version == version.version
+        table.add_row(version.version, "production" if is_production else "",
+                      version.created_at.strftime("%Y-%m-%d %H:%M"), version.bundle_id or "-",
+                      str(version.record.get("data_hash") or "-")[:8], _fmt(version.metric(metric)),
+                      style="bold green" if is_production else None)
+    if not table.rows:
+        err.print(f"no version of {registry.model_name} is registered yet: `foldstack registry push` registers "
+                  f"the current bundle")
+        return
+    out.print(table)
+
+
+RefArg = Annotated[str, typer.Argument(help="a version (v0.2.0), 'production' or 'latest'")]
+
+
+@registry_app.command("show")
+def show_version(ref: RefArg = "production", params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+                 set_: SetOpt = None) -> None:
+    """One version's record (bundle digests, metrics, data hash) and the production stage's history."""
+    from foldstack.registry import PRODUCTION, GitModelRegistry
+
+    cfg = _config(params, set_)
+    registry = GitModelRegistry.from_config(cfg)
+    version = registry.resolve(ref)
+    production = registry.production()
+    record = version.record
+    table = Table(title=f"{registry.model_name} {version.version}", title_justify="left", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = [("tag", version.tag), ("commit", version.commit),
+            ("stage", PRODUCTION if production and production.version == version.version else "-"),
+            ("registered", version.created_at.isoformat(timespec="seconds")), ("bundle id", record.get("bundle_id")),
+            ("files sha256", record.get("content_digest")), ("data hash", record.get("data_hash")),
+            ("fold hash", record.get("fold_hash")), ("labels", ", ".join(map(str, record.get("labels") or []))),
+            ("base models", ", ".join(record.get("base_models") or [])), ("meta-learner", record.get("meta")),
+            ("code commit", record.get("source_commit")), ("registered from", record.get("registered_from"))]
+    rows += [(f"holdout {k.removeprefix('ensemble.')}", _fmt(v, 6))
+             for k, v in sorted(record.get("metrics", {}).items())]
+    try:
+        rows.append(("stored bundle", str(registry.bundle_path(version))))
+    except Exception as exc:  # still show the record when the bytes are missing or modified
+        rows.append(("stored bundle", f"[red]{exc}[/red]"))
+    for field, value in rows:
+        table.add_row(field, _fmt(value))
+    out.print(table)
+    events = registry.stage_events(PRODUCTION)
+    if events:
+        history = Table(title="production stage history", title_justify="left")
+        for column in ("#", "action", "version", "when", "message"):
+            history.add_column(column)
+        for event in events:
+            history.add_row(str(event.counter), event.action, event.version,
+                            event.created_at.strftime("%Y-%m-%d %H:%M:%S"), event.message.splitlines()[0])
+        out.print(history)
+
+
+@registry_app.command("promote")
+def promote(version: Annotated[str, typer.Argument(help="the version to put in production, e.g. v0.2.0")],
+            reason: Annotated[str, typer.Option(help="why (kept in the git tag)")] = "promoted by hand",
+            params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Put VERSION in production (a person's decision: the gate is not consulted)."""
+    from foldstack.registry import promote_version
+
+    result = promote_version(_config(params, set_), version, reason=reason)
+    out.print(f"production: [bold]{result['version']}[/bold] (was {result['previous_production'] or 'none'}); "
+              f"W&B: {result['wandb']['status']}")
+
+
+@registry_app.command("rollback")
+def rollback(reason: Annotated[str, typer.Option(help="why (kept in the git tag)")] = "",
+             params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Put back the version production held before the current one."""
+    from foldstack.registry import rollback_production
+
+    result = rollback_production(_config(params, set_), reason=reason)
+    out.print(f"production rolled back: {result['from']} -> [bold]{result['to']}[/bold]; "
+              f"W&B: {result['wandb']['status']}")
+
+
+@registry_app.command("sync")
+def sync(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Upload offline W&B runs and perform the pending W&B registry links (needs a connection and a key)."""
+    from foldstack.registry import sync_pending
+
+    processed = sync_pending(_config(params, set_))
+    if not processed:
+        out.print("no pending W&B registry links")
+        return
+    table = Table(title="W&B registry links", title_justify="left")
+    for column in ("version", "aliases", "target", "status", "error"):
+        table.add_column(column)
+    for entry in processed:
+        table.add_row(_fmt(entry.get("version")), ", ".join(entry["aliases"]), entry["target"], entry["status"],
+                      _fmt(entry.get("last_error")), style="green" if entry["status"] == "linked" else "yellow")
+    out.print(table)
+    if any(e["status"] != "linked" for e in processed):
+        raise typer.Exit(1)
+
+
+@registry_app.command("push")
+def push(bundle: Annotated[Path | None, typer.Option(help="the bundle (default: the pipeline's bundle)")] = None,
+         log_pipeline: Annotated[bool, typer.Option(help="also log the run's metrics, tables and plots")] = True,
+         params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Register the bundle as a new version, gate it against production (same holdout), promote on a pass."""
+    from foldstack.registry import register_bundle
+
+    result = register_bundle(_config(params, set_), bundle, log_pipeline=log_pipeline)
+    if result["version"]:
+        state = "registered" if result["created"] else "already registered as"
+        out.print(f"{state} [bold]{result['model']} {result['version']}[/bold] ({result.get('tag')})")
+    if result["gate"]:
+        out.print(_gate_table(result["gate"]))
+    out.print(f"production: [bold]{result['production_version'] or 'none'}[/bold]"
+              f"{' (promoted)' if result['promoted'] else ''}; W&B tracking {result['tracking']['mode']}, registry "
+              f"link {result['wandb_link']['status']}")
+
+
+def serve_model(
+    model: Annotated[str, typer.Option(help="'production', 'latest', a version, or a bundle directory")] = "production",
+    params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    host: Annotated[str, typer.Option(help="interface to bind; the service has no authentication")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    max_batch: Annotated[int, typer.Option(min=1, max=10_000, help="texts per request")] = 64,
+    max_text_chars: Annotated[int, typer.Option(min=1, help="characters per text")] = 10_000,
+    reload_seconds: Annotated[float, typer.Option(min=0, help="how often to check whether production moved "
+                                                                "(0: never)")] = 10.0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+) -> None:
+    """Serve a model over HTTP: POST /predict, GET /health, GET /metrics (Prometheus)."""
+    from foldstack.serving import ModelSource, ServingLimits, serve
+
+    is_bundle = (Path(model) / "manifest.json").is_file()
+    cfg = None if is_bundle and not params.is_file() else _config(params, set_)
+    source = ModelSource(model, cfg)
+    err.print(f"serving {model} on http://{host}:{port} (POST /predict, GET /health, GET /metrics)")
+    serve(source, host=host, port=port, limits=ServingLimits(max_batch, max_text_chars),
+          reload_seconds=reload_seconds or None, device=device)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(registry_app, name="registry")
+    app.command("serve-model")(serve_model)
