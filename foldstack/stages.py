@@ -7,6 +7,7 @@ validated `Config` and return a small JSON-able summary; none imports an orchest
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -393,12 +394,10 @@ def _limit_threads(n: int) -> None:
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:  # pragma: no cover
-        pass
+    # A fresh worker reads OMP_NUM_THREADS when it first imports torch; importing torch here only to set
+    # it would cost seconds per worker for scikit-learn-only tasks.
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def run_pipeline(cfg: Config, report: Reporter = _quiet) -> PipelineResult:
