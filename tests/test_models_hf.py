@@ -173,7 +173,7 @@ def test_embed_lr_cache_makes_later_folds_compute_nothing(tiny_dir: Path, tmp_pa
     first = embed_lr(tiny_dir, cache).fit([t for t, f in zip(texts, folds) if f != 0], y[folds != 0])
     first.predict_proba([t for t, f in zip(texts, folds) if f == 0])
     assert first.n_embedded_ == len(texts) and first.n_from_cache_ == 0
-    shards = sorted((cache / "embeddings").glob("*/shard-*.npy"))
+    shards = sorted((cache / "embeddings").glob("*/shard-*.npz"))
     assert len(shards) == 2  # one per call that met new texts
 
     for k in (1, 2):
@@ -181,7 +181,7 @@ def test_embed_lr_cache_makes_later_folds_compute_nothing(tiny_dir: Path, tmp_pa
         later.predict_proba([t for t, f in zip(texts, folds) if f == k])
         assert later.n_embedded_ == 0 and later.n_from_cache_ == len(texts)
         assert later._loaded_encoder is None  # the transformer was not even loaded
-    assert sorted((cache / "embeddings").glob("*/shard-*.npy")) == shards
+    assert sorted((cache / "embeddings").glob("*/shard-*.npz")) == shards
 
     # Cached and freshly computed embeddings give the same model.
     uncached = embed_lr(tiny_dir, None).fit(texts, y)

@@ -1,8 +1,9 @@
 """`embed_lr`: frozen transformer sentence embeddings + a scikit-learn logistic regression.
 
 Embedding is the expensive part, and it does not depend on the fold: every text is embedded once per
-embedding model and kept in an append-only cache under `<cache_dir>/embeddings/`, keyed by the sha256 of
-the text. Fold 1's fit and predictions fill it; folds 2..K and later runs on the same texts compute nothing.
+embedding model and kept in an append-only cache under `<cache_dir>/embeddings/` (a `hf.TextArrayStore`,
+the same mechanism as the token-id cache of `finetune`), keyed by the sha256 of the text. Fold 1's fit
+and predictions fill it; folds 2..K and later runs on the same texts compute nothing.
 Without a cache directory (context.cache_dir None) embeddings are computed every time.
 
 Saved as JSON + .npy (no pickle): the logistic regression's coefficients, and in model.json the embedding
@@ -12,9 +13,7 @@ from a different model.
 
 from __future__ import annotations
 
-import os
-import threading
-import uuid
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -28,75 +27,28 @@ from foldstack.models import register_model
 from foldstack.models.base import ModelContext, ModelParams, params_dict
 from foldstack.models.hf import (
     DEFAULT_EMBEDDING_MODEL,
+    RaggedArray,
     SentenceEncoder,
+    TextArrayStore,
     check_labels,
     model_identity,
     read_model_json,
     resolve_device,
     resolve_model_source,
-    text_key,
     texts_hash,
 )
 
 FORMAT_VERSION = 1
-_KEY_CHARS = 64  # a sha256 in hex: ASCII without NUL bytes, which numpy "S" strings would strip
 
 
-class EmbeddingStore:
-    """An append-only cache of text embeddings for one embedding function, in one directory.
+# The last batch embedded in this process, per function: one entry, so memory stays bounded.
+_last_batch: dict[str, Any] = {}
 
-    Each write adds a shard `shard-<hash>.npy`: one structured array of (key = sha256 of the text, vector),
-    written to a temporary name and renamed, so readers see whole shards or none. Shards are never
-    modified, so a process only reads the shards it has not seen yet. `locked()` serialises the
-    look-up -> compute -> write sequence across processes: parallel fold tasks wait for the one that is
-    embedding instead of embedding the same texts twice.
-    """
 
-    # Shards already read, per store directory, shared by the instances of one process.
-    _loaded: ClassVar[dict[Path, dict[str, Any]]] = {}
-    _loaded_guard = threading.Lock()
-
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def locked(self) -> Any:
-        from filelock import FileLock
-
-        return FileLock(str(self.directory / "store.lock"))
-
-    def _state(self) -> dict[str, Any]:
-        """This process's view of the store, refreshed with shards written since the last look."""
-        with self._loaded_guard:
-            state = self._loaded.setdefault(self.directory.resolve(), {"shards": set(), "vectors": {}})
-            for shard in sorted(self.directory.glob("shard-*.npy")):
-                if shard.name in state["shards"]:
-                    continue
-                records = load_array(shard)
-                for key, vector in zip(records["key"], records["vector"], strict=True):
-                    state["vectors"][key.decode("ascii")] = vector
-                state["shards"].add(shard.name)
-            return state
-
-    def get(self, keys: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
-        """The cached vectors among `keys`, and the keys (deduplicated, in first-seen order) not cached."""
-        vectors = self._state()["vectors"]
-        found = {k: vectors[k] for k in keys if k in vectors}
-        missing = list(dict.fromkeys(k for k in keys if k not in vectors))
-        return found, missing
-
-    def add(self, keys: Sequence[str], vectors: np.ndarray, shard_name: str) -> None:
-        """Write one shard with these (key, vector) rows."""
-        if len(keys) == 0:
-            return
-        vectors = np.asarray(vectors, dtype=np.float32)
-        records = np.empty(len(keys), dtype=[("key", f"S{_KEY_CHARS}"), ("vector", np.float32, (vectors.shape[1],))])
-        records["key"] = np.asarray(keys, dtype=f"S{_KEY_CHARS}")
-        records["vector"] = vectors
-        final = self.directory / f"shard-{shard_name}.npy"
-        tmp = self.directory / f".shard-{shard_name}.{uuid.uuid4().hex[:8]}.tmp.npy"
-        save_array(tmp, records)
-        os.replace(tmp, final)
+@functools.lru_cache(maxsize=4)
+def _shared_encoder(source: Path, device: str, max_length: int, batch_size: int) -> SentenceEncoder:
+    """One frozen encoder per (model, device, settings) in a process, shared by every fold member."""
+    return SentenceEncoder(source, device=device, max_length=max_length, batch_size=batch_size)
 
 
 @register_model
@@ -130,36 +82,30 @@ class EmbedLR:
     def _encoder(self) -> SentenceEncoder:
         # Loaded on first need only: when every text is cached the model is never read from disk.
         if self._loaded_encoder is None:
-            self._loaded_encoder = SentenceEncoder(
-                self._source(),
-                device=resolve_device(self.context.device),
-                max_length=self.params.max_length,
-                batch_size=self.params.batch_size,
-            )
+            self._loaded_encoder = _shared_encoder(self._source(), resolve_device(self.context.device),
+                                                   self.params.max_length, self.params.batch_size)
         return self._loaded_encoder
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         identity = model_identity(self._source())
-        if self.context.cache_dir is None:
+        # max_length changes the vectors (truncation), so it is part of the function's address.
+        function = f"{identity}-mean-len{self.params.max_length}"
+        batch_key = (function, texts_hash(texts, function))
+        if _last_batch.get("key") == batch_key:
+            # The K fold members of one base model embed the same texts one after another at prediction.
+            vectors = _last_batch["vectors"]
+            self._count(computed=0, cached=len(texts))
+        elif self.context.cache_dir is None:
             vectors = self._encoder().encode(texts)
             self._count(computed=len(texts), cached=0)
         else:
-            # max_length changes the vectors (truncation), so it is part of the store's address.
-            store = EmbeddingStore(
-                Path(self.context.cache_dir) / "embeddings" / f"{identity}-mean-len{self.params.max_length}"
+            rows, n_computed = TextArrayStore(Path(self.context.cache_dir) / "embeddings" / function).lookup_or_compute(
+                texts, lambda missing: RaggedArray.from_matrix(self._encoder().encode(missing)), namespace=function
             )
-            keys = [text_key(t) for t in texts]
-            with store.locked():
-                found, missing = store.get(keys)
-                if missing:
-                    first_text = dict(zip(keys, texts, strict=True))
-                    missing_texts = [first_text[k] for k in missing]
-                    computed = self._encoder().encode(missing_texts)
-                    store.add(missing, computed, texts_hash(missing_texts, identity)[:20])
-                    found.update(zip(missing, computed, strict=True))
-            vectors = np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
-            self._count(computed=len(missing), cached=len(keys) - len(missing))
+            vectors = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+            self._count(computed=n_computed, cached=len(texts) - n_computed)
+        _last_batch.update(key=batch_key, vectors=vectors)
         vectors = vectors.astype(np.float64)
         if self.params.normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -3,8 +3,11 @@
 - where a model comes from: `resolve_model_source` turns a params value into a local directory, never a
   download (foldstack runs with HF_HUB_OFFLINE=1), and `model_identity` hashes that directory's content;
 - where it runs: `resolve_device`, `configure_torch_for_device`, `seed_everything`;
-- how texts go through it: `tokenize`, `length_grouped_batches`, `pad_batch`, `mean_pool`, `SentenceEncoder`;
-- content hashes of texts (`text_key`, `texts_hash`) for the embedding cache.
+- how texts go through it: `tokenize` (to a `RaggedArray` of token ids), `length_grouped_batches`,
+  `pad_batch`, `mean_pool`, `SentenceEncoder`;
+- content-keyed caches of per-text results: `TextArrayStore` (one array per text, keyed by the sha256 of the
+  text; the embedding and token-id caches are both one of these), `cached_tokenize`, `tokenizer_identity`,
+  and the hashes `text_key`, `texts_hash`.
 
 torch and transformers are imported inside the functions, so importing this module is cheap.
 """
@@ -14,12 +17,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import itertools
+import json
 import os
 import random
 import re
-from collections.abc import Iterator, Sequence
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -273,6 +281,189 @@ def texts_hash(texts: Sequence[str], model_identity: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# Per-text results cached on disk
+# --------------------------------------------------------------------------------------------------
+class RaggedArray:
+    """Rows of different lengths in one flat array: row i is `values[offsets[i]:offsets[i + 1]]`.
+
+    Token ids of a data set as two numpy arrays instead of a list of Python lists: a tenth of the memory,
+    written to disk as-is, and a batch is padded with one vectorised gather (`pad_batch`).
+    """
+
+    __slots__ = ("offsets", "values")
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray):
+        values, offsets = np.asarray(values), np.asarray(offsets, dtype=np.int64)
+        if values.ndim != 1 or offsets.ndim != 1 or offsets.size == 0:
+            raise ValueError("RaggedArray needs a 1-d values array and a non-empty 1-d offsets array")
+        if offsets[0] != 0 or offsets[-1] != values.size or np.any(np.diff(offsets) < 0):
+            raise ValueError(
+                f"RaggedArray offsets must rise from 0 to len(values) = {values.size}; got {offsets[:3]}..{offsets[-1]}"
+            )
+        self.values = values
+        self.offsets = offsets
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence[int] | np.ndarray], dtype: Any = None) -> RaggedArray:
+        offsets = _offsets_of(np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows)))
+        if len(rows) == 0 or offsets[-1] == 0:
+            return cls(np.zeros(0, dtype=dtype or np.float64), offsets)
+        values = np.concatenate([np.asarray(r, dtype=dtype) for r in rows])
+        return cls(values, offsets)
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> RaggedArray:
+        """Rows of equal length (e.g. embedding vectors) without copying them one by one."""
+        matrix = np.ascontiguousarray(matrix)
+        if matrix.ndim != 2:
+            raise ValueError(f"from_matrix needs a 2-d array, got shape {matrix.shape}")
+        return cls(matrix.reshape(-1), np.arange(matrix.shape[0] + 1, dtype=np.int64) * matrix.shape[1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return self.offsets.size - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> RaggedArray:
+        """The rows at `indices`, in that order, as a new RaggedArray (one gather, no loop over rows)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        starts = self.offsets[indices]
+        lengths = self.offsets[indices + 1] - starts
+        offsets = _offsets_of(lengths)
+        # Element j of new row r sits at starts[r] + j in the old values; offsets[r] + j in the new ones.
+        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return RaggedArray(self.values[gather], offsets)
+
+
+def _offsets_of(lengths: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+class TextArrayStore:
+    """An append-only cache of one array per text for one pure function of the text, in one directory.
+
+    Keys are the sha256 of each text (`text_key`); the directory name says which function (e.g. which
+    embedding model, or which tokenizer and truncation length). Each write adds one shard
+    `shard-<name>.npz` holding the keys, the rows' offsets and their values (see `RaggedArray`), written to
+    a temporary name and renamed, so readers see whole shards or none. Shards are never modified, so a
+    process only reads the shards it has not seen yet. `locked()` serialises look-up -> compute -> write
+    across processes: parallel fold tasks wait for the one that is computing instead of repeating its work.
+    """
+
+    # Rows already read, per store directory, shared by the instances of one process.
+    _loaded: ClassVar[dict[Path, dict[str, Any]]] = {}
+    _loaded_guard = threading.Lock()
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def locked(self) -> Any:
+        from filelock import FileLock
+
+        return FileLock(str(self.directory / "store.lock"))
+
+    def _rows(self) -> dict[str, np.ndarray]:
+        """This process's view of the store (key -> row), refreshed with shards written since the last look."""
+        with self._loaded_guard:
+            state = self._loaded.setdefault(self.directory.resolve(), {"shards": set(), "rows": {}})
+            for shard in sorted(self.directory.glob("shard-*.npz")):
+                if shard.name in state["shards"]:
+                    continue
+                with np.load(shard, allow_pickle=False) as data:
+                    ragged = RaggedArray(data["values"], data["offsets"])
+                    keys = data["keys"]
+                for i, key in enumerate(keys):
+                    state["rows"][key.decode("ascii")] = ragged[i]
+                state["shards"].add(shard.name)
+            return state["rows"]
+
+    def get(self, keys: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The cached rows among `keys`, and the keys (deduplicated, in first-seen order) not cached."""
+        rows = self._rows()
+        found = {k: rows[k] for k in keys if k in rows}
+        missing = list(dict.fromkeys(k for k in keys if k not in rows))
+        return found, missing
+
+    def add(self, keys: Sequence[str], rows: RaggedArray, shard_name: str) -> None:
+        """Write one shard with these (key, row) pairs."""
+        if len(keys) != len(rows):
+            raise ValueError(f"{len(keys)} keys for {len(rows)} rows")
+        if len(keys) == 0:
+            return
+        final = self.directory / f"shard-{shard_name}.npz"
+        tmp = self.directory / f".shard-{shard_name}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "wb") as fh:  # a file object: np.savez would otherwise append ".npz" to the name
+            np.savez(fh, keys=np.asarray(keys, dtype=f"S{_TEXT_KEY_CHARS}"), offsets=rows.offsets, values=rows.values)
+        os.replace(tmp, final)
+
+    def lookup_or_compute(
+        self, texts: Sequence[str], compute: Callable[[list[str]], RaggedArray], namespace: str
+    ) -> tuple[list[np.ndarray], int]:
+        """One row per text, in order: cached rows as they are, the others from `compute(missing texts)`,
+        which are then written as one new shard. Returns the rows and how many texts were computed.
+
+        `namespace` (the function's identity, e.g. a model identity) goes into the new shard's name, so that
+        two processes computing the same texts for the same function write the same file name.
+        """
+        keys = [text_key(t) for t in texts]
+        with self.locked():
+            found, missing = self.get(keys)
+            if missing:
+                first_text = dict(zip(keys, texts, strict=True))
+                missing_texts = [first_text[k] for k in missing]
+                computed = compute(missing_texts)
+                self.add(missing, computed, texts_hash(missing_texts, namespace)[:20])
+                found.update(zip(missing, computed, strict=True))
+        return [found[k] for k in keys], len(missing)
+
+
+_TEXT_KEY_CHARS = 64  # a sha256 in hex: ASCII without NUL bytes, which numpy "S" strings would strip
+# Tokenizer JSON entries that hold call-time state (set by the last call's truncation/padding arguments),
+# not what the tokenizer computes; left out of its identity.
+_TOKENIZER_STATE_KEYS = ("truncation", "padding")
+
+
+def tokenizer_identity(tokenizer: Any) -> str | None:
+    """A content hash (16 hex digits) of what a tokenizer computes, or None when that cannot be read.
+
+    For tokenizers backed by the `tokenizers` library (every fast tokenizer) it hashes the full
+    serialised pipeline (vocabulary, normaliser, pre-tokeniser, post-processor, added tokens) plus the
+    Python wrapper's class, truncation side and library versions: a model and its fine-tuned copy share
+    the identity, and so share cached token ids. None means "do not cache".
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    for key in _TOKENIZER_STATE_KEYS:
+        spec.pop(key, None)
+    h = hashlib.sha256()
+    versions = {name: _version(name) for name in ("transformers", "tokenizers")}
+    wrapper = {"class": type(tokenizer).__name__, "truncation_side": getattr(tokenizer, "truncation_side", None)}
+    h.update(json.dumps({"versions": versions, "wrapper": wrapper}, sort_keys=True).encode())
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+# --------------------------------------------------------------------------------------------------
 # Inputs and saved files
 # --------------------------------------------------------------------------------------------------
 def check_labels(y: np.ndarray, n_rows: int, n_classes: int, who: str) -> np.ndarray:
@@ -305,10 +496,37 @@ def read_model_json(directory: Path, kind: str, format_version: int) -> dict[str
 # --------------------------------------------------------------------------------------------------
 # Batching
 # --------------------------------------------------------------------------------------------------
-def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids of each text, truncated to `max_length`, unpadded (batches are padded one by one)."""
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
-    return list(encoded["input_ids"])
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> RaggedArray:
+    """Token ids (int32) of each text, truncated to `max_length`, unpadded (batches are padded one by one)."""
+    if len(texts) == 0:
+        return RaggedArray(np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int64))
+    encoded = tokenizer(
+        list(texts), truncation=True, max_length=max_length, padding=False, return_attention_mask=False
+    )["input_ids"]
+    offsets = _offsets_of(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
+    values = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(offsets[-1]))
+    return RaggedArray(values, offsets)
+
+
+def cached_tokenize(
+    tokenizer: Any, texts: Sequence[str], max_length: int, cache_dir: Path | None, identity: str | None = None
+) -> tuple[RaggedArray, int]:
+    """`tokenize`, through a `TextArrayStore` under `<cache_dir>/tokens/` when there is a cache directory.
+
+    Token ids depend on the text, the tokenizer and the truncation length only, so every fold and every
+    later run on the same texts reads them instead of tokenising again. `identity` is
+    `tokenizer_identity(tokenizer)`, passed in when the caller already has it. Returns the ids and how many
+    texts were tokenised (not found in the cache).
+    """
+    identity = identity if identity is not None else tokenizer_identity(tokenizer)
+    if cache_dir is None or identity is None or len(texts) == 0:
+        return tokenize(tokenizer, texts, max_length), len(texts)
+    function = f"{identity}-len{max_length}"
+    store = TextArrayStore(Path(cache_dir) / "tokens" / function)
+    rows, n_computed = store.lookup_or_compute(
+        texts, lambda missing: tokenize(tokenizer, missing, max_length), namespace=function
+    )
+    return RaggedArray.from_rows(rows, dtype=np.int32), n_computed
 
 
 def length_grouped_batches(
@@ -342,25 +560,52 @@ def length_grouped_batches(
 
 
 def pad_batch(
-    token_ids: Sequence[Sequence[int]], indices: np.ndarray, pad_id: int, device: str
+    token_ids: RaggedArray | Sequence[Sequence[int]],
+    indices: np.ndarray,
+    pad_id: int,
+    device: str,
+    *,
+    pad_to_multiple: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """input_ids and attention_mask of the texts at `indices`, right-padded to the batch's longest text."""
+    """input_ids and attention_mask of the texts at `indices`, right-padded to the batch's longest text
+    (rounded up to a multiple of `pad_to_multiple`, which keeps the number of distinct shapes small for
+    torch.compile), already on `device`."""
+    ragged = token_ids if isinstance(token_ids, RaggedArray) else RaggedArray.from_rows(token_ids, dtype=np.int64)
+    indices = np.asarray(indices, dtype=np.int64)
+    starts = ragged.offsets[indices]
+    lengths = ragged.offsets[indices + 1] - starts
+    width = max(int(lengths.max(initial=0)), 1)
+    width = -(-width // pad_to_multiple) * pad_to_multiple
+    positions = np.arange(width)
+    real = positions[None, :] < lengths[:, None]
+    # One gather for the whole batch; padded positions read element 0 and are then overwritten.
+    source = ragged.values if ragged.values.size else np.zeros(1, dtype=np.int64)
+    gathered = source[np.where(real, starts[:, None] + positions[None, :], 0)]
+    input_ids = np.where(real, gathered, pad_id).astype(np.int64)
+    return to_device(input_ids, device), to_device(real.astype(np.int64), device)
+
+
+def to_device(array: np.ndarray, device: str) -> torch.Tensor:
+    """A host array as a tensor on `device`. On CUDA it goes through pinned memory with a non-blocking copy,
+    so the host queues the copy and moves on instead of waiting for it."""
     import torch
 
-    rows = [token_ids[i] for i in indices]
-    width = max(len(r) for r in rows)
-    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-    for j, row in enumerate(rows):
-        input_ids[j, : len(row)] = row
-        attention_mask[j, : len(row)] = 1
-    # Pinned host memory lets the copy to the GPU overlap with compute.
-    pin = device.startswith("cuda")
-    ids = torch.from_numpy(input_ids)
-    mask = torch.from_numpy(attention_mask)
-    if pin:
-        ids, mask = ids.pin_memory(), mask.pin_memory()
-    return ids.to(device, non_blocking=pin), mask.to(device, non_blocking=pin)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if not device.startswith("cuda"):
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def attention_mask_4d(attention_mask: torch.Tensor) -> torch.Tensor:
+    """A (batch, 1, length, length) boolean mask (True: attend) from a (batch, length) 0/1 mask.
+
+    transformers turns a 2-d mask into this form itself, but first asks `mask.all()` to see whether it can
+    skip the mask, which copies a value to the host and so waits for the GPU on every forward pass; a
+    ready 4-d mask is used as it is. Callers check once that their model treats both forms alike
+    (`finetune` does, at the start of each fit).
+    """
+    batch, length = attention_mask.shape
+    return attention_mask.bool()[:, None, None, :].expand(batch, 1, length, length)
 
 
 def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -402,7 +647,7 @@ class SentenceEncoder:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         token_ids = tokenize(self.tokenizer, texts, self.max_length)
-        batches = length_grouped_batches([len(t) for t in token_ids], self.batch_size)
+        batches = length_grouped_batches(token_ids.lengths, self.batch_size)
         pooled = []
         with torch.inference_mode():
             for indices in batches:
