@@ -208,6 +208,21 @@ class Config(_Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
+    @field_validator("base_models", mode="before")
+    @classmethod
+    def _mapping_form(cls, models: Any) -> Any:
+        """`base_models` may be a mapping name -> {kind, params} (what lets DVC name stages train@<name>)."""
+        if isinstance(models, dict):
+            out = []
+            for name, spec in models.items():
+                if not isinstance(spec, dict):
+                    raise ValueError(f"base model {name!r}: expected a mapping with `kind` and `params`")
+                if "name" in spec and spec["name"] != name:
+                    raise ValueError(f"base model {name!r}: its `name` key says {spec['name']!r}")
+                out.append({**spec, "name": name})
+            return out
+        return models
+
     @field_validator("base_models")
     @classmethod
     def _non_empty_unique(cls, models: list[BaseModelSpec]) -> list[BaseModelSpec]:

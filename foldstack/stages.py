@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from foldstack.config import Config, MetaConfig
-from foldstack.data import Snapshot, build_snapshot
+from foldstack.data import Snapshot
 from foldstack.ensemble import fill_oof
 from foldstack.errors import StageError
 from foldstack.folds import FoldAssignment, assign_folds

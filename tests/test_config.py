@@ -70,3 +70,12 @@ def test_relative_paths_resolve_against_params_dir(tmp_path):
     cfg = load_config(path)
     assert cfg.resolve_path(cfg.data.path) == tmp_path.resolve() / "d" / "x.csv"
     assert isinstance(cfg, Config)
+
+
+def test_base_models_as_a_mapping_of_names():
+    cfg = config_from_dict({"base_models": {"lr": {"kind": "tfidf_lr", "params": {"C": 2}}, "nb": {"kind": "nb_svm"}}})
+    assert [m.name for m in cfg.base_models] == ["lr", "nb"] and cfg.base_models[0].params["C"] == 2
+    raw = apply_overrides({"base_models": {"lr": {"kind": "tfidf_lr"}}}, ["base_models.lr.params.C=3"])
+    assert config_from_dict(raw).base_model("lr").params["C"] == 3
+    with pytest.raises(ConfigError, match="base model 'lr': expected a mapping"):
+        config_from_dict({"base_models": {"lr": "tfidf_lr"}})
