@@ -562,13 +562,23 @@ def gate_decision(metric: str, candidate_score: float, production_score: float |
 
 
 def score_bundle_on_holdout(bundle_path: Path, cfg: Config, metric: str) -> tuple[float, int, dict[str, Any]]:
-    """(score, rows, manifest) of a bundle on the snapshot's holdout; the bundle is verified when loaded."""
-    from foldstack.bundle import load_bundle
+    """(score, rows, manifest) of a bundle on the snapshot's holdout; the bundle is verified when loaded.
+
+    A bundle trained on this very snapshot was scored on this holdout by its evaluate stage: its verified
+    manifest already holds the score, so the models are not loaded and run again (the gate of a meta-only
+    retrain would otherwise cost more than the retrain).
+    """
+    from foldstack.bundle import load_bundle, verify_bundle
     from foldstack.data import normalise_text
     from foldstack.metrics import classification_report
     from foldstack.stages import load_snapshot
 
     snapshot = load_snapshot(cfg)
+    manifest = verify_bundle(bundle_path)
+    recorded = manifest.get("metrics", {}).get(f"ensemble.{metric}")
+    if (recorded is not None and manifest.get("data_hash") == snapshot.data_hash
+            and [str(x) for x in manifest["labels"]] == snapshot.label_map.names):
+        return float(recorded), len(snapshot.holdout), manifest
     bundle = load_bundle(bundle_path)
     if [str(x) for x in bundle.labels] != snapshot.label_map.names:
         raise _Incomparable(f"its labels {bundle.labels} differ from the holdout's {snapshot.label_map.names}")

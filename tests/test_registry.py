@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from foldstack.bundle import manifest_digest
-from typer.testing import CliRunner
 
 from foldstack.config import Config, load_config
 from foldstack.errors import BundleError
@@ -277,3 +277,13 @@ def test_registry_commands_print_tables(project, trained):
     assert promoted.exit_code == 0 and "production: v0.2.0" in promoted.output
     unknown = runner.invoke(app, ["registry", "promote", "v9.9.9", "--params", params])
     assert unknown.exit_code != 0 and isinstance(unknown.exception, RegistryError)
+
+
+def test_gate_reads_the_recorded_score_of_a_bundle_of_this_snapshot(project, trained, monkeypatch):
+    """A bundle trained on this snapshot was scored on this holdout by its evaluate stage: no model runs again."""
+    import foldstack.bundle
+    from foldstack.registry import score_bundle_on_holdout
+
+    monkeypatch.setattr(foldstack.bundle, "load_bundle", lambda *a, **k: pytest.fail("models were loaded"))
+    score, rows, manifest = score_bundle_on_holdout(trained.better, project, "log_loss")
+    assert score == manifest["metrics"]["ensemble.log_loss"] == pytest.approx(trained.better_score)
