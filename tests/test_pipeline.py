@@ -100,6 +100,9 @@ def test_same_seed_same_oof_and_metrics(trained, tmp_path, demo_csv):
         np.testing.assert_array_equal(load_array(Layout.of(cfg).base(spec.name) / "oof.npy"),
                                       load_array(Layout.of(again).base(spec.name) / "oof.npy"))
     assert result.metrics == result2.metrics
+    # Same models, same bytes: a retrain that changed nothing is no new artifact for DVC or the registry.
+    files = json.loads((result.bundle / "manifest.json").read_text())["files"]
+    assert files == json.loads((result2.bundle / "manifest.json").read_text())["files"]
 
 
 def test_rerun_skips_finished_folds_and_meta_change_retrains_nothing(tmp_path, demo_csv):

@@ -16,6 +16,7 @@ Every failure to read a file the model needs is a `BundleError` naming the file.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -109,6 +110,7 @@ def save_sklearn(obj: Any, path: Path, *, trusted: Iterable[str] = TRUSTED_TYPES
 
     path = Path(path)
     skops.io.dump(obj, path)
+    _normalise_zip(path)
     refused = sorted(skops_types(path) - frozenset(trusted))
     if refused:
         path.unlink()
@@ -116,6 +118,36 @@ def save_sklearn(obj: Any, path: Path, *, trusted: Iterable[str] = TRUSTED_TYPES
             f"{type(obj).__name__} contains types outside the skops allow-list of "
             f"foldstack.models.persist ({', '.join(refused)}); add them to TRUSTED_TYPES if they are safe"
         )
+
+
+def _normalise_zip(path: Path) -> None:
+    """Rewrite a skops zip so that the same model always gives the same bytes.
+
+    skops names each array file after the array's id() in memory and stamps every entry with the current
+    time, so an unchanged model would get a new hash in every bundle, and DVC and the registry would see a
+    new artifact where nothing changed. Arrays are renamed after their content hash (the schema's
+    references follow), entries are sorted and their timestamps fixed.
+    """
+    import hashlib
+
+    with zipfile.ZipFile(path) as source:
+        contents = {info.filename: source.read(info) for info in source.infolist()}
+    schema = contents.pop("schema.json").decode("utf-8")
+    renamed: dict[str, bytes] = {}
+    for old_name, data in contents.items():
+        new_name = f"{hashlib.sha256(data).hexdigest()[:24]}{Path(old_name).suffix}"
+        schema = schema.replace(f'"{old_name}"', f'"{new_name}"')
+        renamed[new_name] = data
+    # Object ids (memory addresses) tie repeated references together; number them by first appearance.
+    ids: dict[str, str] = {}
+    schema = re.sub(r'"__id__": (\d+)', lambda m: f'"__id__": {ids.setdefault(m.group(1), str(len(ids) + 1))}',
+                    schema)
+    renamed["schema.json"] = schema.encode("utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as target:
+        for name in sorted(renamed):
+            target.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), renamed[name])
+    tmp.replace(path)
 
 
 def skops_types(path: Path) -> set[str]:
