@@ -11,7 +11,6 @@ TORCH_SPEC := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https
 # Keep every tool offline and its state inside the project.
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_LOGGING_LEVEL ?= WARNING
 export DVC_NO_ANALYTICS := 1
 export WANDB_DIR := $(CURDIR)/.wandb
 export WANDB_MODE ?= offline
@@ -35,8 +34,11 @@ data/demo/reviews.csv: | venv
 
 demo-data: data/demo/reviews.csv
 
+# The main pipeline as a Prefect flow on the embedded server (state in .prefect/): validate, folds, every
+# (model x fold) in parallel, OOF, stack, evaluate, bundle, register (gate), version (dvc commit + push).
 run: venv data/demo/reviews.csv
-	$(VENV)/bin/foldstack train --params params.yaml
+	PREFECT_LOGGING_LEVEL=INFO $(PY) -m flows.train --params params.yaml
+	@cat artifacts/eval/leaderboard.md
 
 test: venv
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled $(VENV)/bin/pytest -q

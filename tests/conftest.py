@@ -12,7 +12,7 @@ import yaml
 for var, value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                    "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "DVC_NO_ANALYTICS": "1",
                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false",
-                   "GX_ANALYTICS_ENABLED": "false"}.items():
+                   "GX_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}.items():
     os.environ.setdefault(var, value)
 
 from foldstack.demo import write_demo_data  # noqa: E402

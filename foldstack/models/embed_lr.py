@@ -56,6 +56,8 @@ class EmbedLR:
     """Mean-pooled embeddings of a frozen transformer, optionally L2-normalised, fed to a logistic regression."""
 
     kind: ClassVar[str] = "embed_lr"
+    # Embedding is a transformer forward pass: the first fold embeds every text, on a GPU when there is one.
+    uses_gpu: ClassVar[bool] = True
 
     class Params(ModelParams):
         model: str = Field(

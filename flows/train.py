@@ -1,0 +1,138 @@
+"""The `train-ensemble` flow: the pipeline as a Prefect flow whose run graph reads like the design.
+
+    validate data -> make folds -> train every (base model x fold) in parallel -> collect OOF per model
+    -> fit the meta-learner -> evaluate -> bundle -> register -> version
+
+Run it with `python -m flows.train [--params params.yaml] [--set key.path=value ...]`. With no Prefect server
+configured it runs on Prefect's embedded server (state in ./.prefect); with PREFECT_API_URL set (e.g. after
+`foldstack server`) the run, its task graph and its artifacts show in that server's UI.
+
+A rerun with the same data, params and code trains nothing: every fold task whose identity is finished on
+disk is reported as `Skipped` (see tasks/fold.py), and the flow's log says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import flows  # noqa: F401  (PREFECT_HOME before Prefect)
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture, as_completed
+
+from flows.watch_data import record_successful_run
+from foldstack import stages
+from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
+from foldstack.errors import FoldstackError, StageError
+from tasks.fanout import fan_out_for, warm_up
+from tasks.fold import SKIPPED
+from tasks.pipeline import collect_oof, evaluate, fit_meta, make_bundle, make_folds, register, validate_data, version
+from tasks.report import TrainingProgress, publish_run_artifacts, run_report
+
+
+@dataclass
+class BaseModelRuns:
+    """The fold tasks of one flow run: their futures, and what was trained, reused or failed."""
+
+    futures: dict[stages.FoldTask, PrefectFuture] = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    fit_seconds: dict[str, float] = field(default_factory=dict)
+
+    def of_model(self, model: str) -> list[PrefectFuture]:
+        return [f for t, f in self.futures.items() if t.model == model]
+
+
+def resolve_in_order(*futures: PrefectFuture) -> list[Any]:
+    """Results upstream-first, so that a failure surfaces as its own error, not as "downstream never ran"."""
+    return [future.result() for future in futures]
+
+
+def train_base_models(cfg: Config, data: PrefectFuture, folds: PrefectFuture) -> BaseModelRuns:
+    """Every (base model x repeat x fold) as its own task, in parallel on the configured executor."""
+    logger = get_run_logger()
+    resolve_in_order(data, folds)  # the plan needs the snapshot and the fold assignment on disk
+    plan = stages.plan_fold_tasks(cfg)
+    done_before = [t.label for t in plan if stages.fold_task_done(cfg, t)]
+    if done_before:
+        logger.info("resume: %d of %d fold tasks finished before with the same identity and are skipped: %s",
+                    len(done_before), len(plan), ", ".join(done_before))
+    runs = BaseModelRuns()
+    with fan_out_for(cfg, len(plan)) as executor:
+        logger.info("training %d fold tasks on %s", len(plan) - len(done_before), executor.describe())
+        runs.futures = {t: executor.submit(t, wait_for=[folds]) for t in plan}
+        progress = TrainingProgress(total=len(plan))
+        task_of = {id(f): t for t, f in runs.futures.items()}
+        for future in as_completed(list(runs.futures.values())):
+            future.wait()
+            task_ = task_of[id(future)]
+            state = future.state
+            if not state.is_completed():
+                runs.failed.append(task_.label)
+                logger.error("%s: %s (%s)", task_.label, state.name, state.message)
+            elif state.name == SKIPPED:
+                runs.reused.append(task_.label)
+            else:
+                runs.trained.append(task_.label)
+                runs.fit_seconds[task_.model] = runs.fit_seconds.get(task_.model, 0.0) + future.result()["seconds"]
+            progress.advance(skipped=state.name == SKIPPED)
+    order = {t.label: i for i, t in enumerate(plan)}  # report in plan order, not in order of completion
+    for labels in (runs.trained, runs.reused, runs.failed):
+        labels.sort(key=order.__getitem__)
+    if runs.failed:
+        # The finished folds stay on disk: a rerun trains only these.
+        raise StageError(f"{len(runs.failed)} of {len(plan)} fold tasks failed: {', '.join(runs.failed)}; "
+                         f"the other folds are kept, rerun to train only the failed ones")
+    logger.info("base models: %d fold tasks trained, %d reused", len(runs.trained), len(runs.reused))
+    return runs
+
+
+@flow(name="train-ensemble", log_prints=False)
+def train_ensemble(params: str = DEFAULT_PARAMS_FILE, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train the stacked ensemble of params.yaml (overrides: `key.path=value`); returns the bundle and metrics."""
+    cfg = load_config(params, overrides or [])
+    warm_up(cfg)  # e.g. start the CPU fit processes while the data is validated
+    data = validate_data.submit(cfg)
+    folds = make_folds.submit(cfg, wait_for=[data])
+    base = train_base_models(cfg, data, folds)
+    oof = [collect_oof.submit(cfg, spec.name, wait_for=base.of_model(spec.name)) for spec in cfg.base_models]
+    stacked = fit_meta.submit(cfg, wait_for=oof)
+    evaluation = evaluate.submit(cfg, wait_for=[stacked])
+    bundle = make_bundle.submit(cfg, wait_for=[evaluation])
+    registration = register.submit(cfg, bundle)
+    versioning = version.submit(cfg, params, overrides, wait_for=[registration])
+
+    data_summary, folds_summary, *_, stack_summary, evaluation_summary, bundle_summary, registered, versioned = \
+        resolve_in_order(data, folds, *oof, stacked, evaluation, bundle, registration, versioning)
+    report = run_report(cfg, data=data_summary, folds=folds_summary, trained=base.trained, reused=base.reused,
+                        failed=base.failed, fit_seconds=base.fit_seconds, stacked=stack_summary,
+                        evaluation=evaluation_summary, bundle=bundle_summary["bundle"], registration=registered,
+                        versioning=versioned)
+    publish_run_artifacts(report, evaluation_summary["leaderboard"], bundle_summary["bundle"])
+    record_successful_run(cfg, data_summary)
+    return {"bundle": bundle_summary["bundle"], "metrics": evaluation_summary["metrics"],
+            "trained": len(base.trained), "reused": len(base.reused), "reused_tasks": base.reused,
+            "registration": registered.get("status"), "versioning": versioned.get("status")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.train", description=train_ensemble.description)
+    parser.add_argument("--params", "-p", default=DEFAULT_PARAMS_FILE, help="the params file")
+    parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a key (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        result = train_ensemble(params=args.params, overrides=args.overrides)
+    except FoldstackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The run's dashboard in Prefect: a progress artifact while base models train, then a markdown run report
+and a leaderboard table. Artifact keys are stable, so the Artifacts page shows each one's history across runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+
+from foldstack import stages
+from foldstack.config import Config
+
+PROGRESS_KEY = "foldstack-training-progress"
+REPORT_KEY = "foldstack-run-report"
+LEADERBOARD_KEY = "foldstack-leaderboard"
+
+
+class TrainingProgress:
+    """Share of fold tasks finished (trained or reused), as a Prefect progress artifact."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.finished = 0
+        self.reused = 0
+        self.artifact_id = create_progress_artifact(progress=self._percent(), key=PROGRESS_KEY,
+                                                    description=self._describe())
+
+    def _percent(self) -> float:
+        return 100.0 * self.finished / self.total if self.total else 100.0
+
+    def _describe(self) -> str:
+        return f"base-model training: {self.finished}/{self.total} fold tasks finished ({self.reused} reused)"
+
+    def advance(self, skipped: bool) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        self.finished += 1
+        self.reused += int(skipped)
+        update_progress_artifact(self.artifact_id, progress=self._percent(), description=self._describe())
+
+
+def _format(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def run_report(cfg: Config, *, data: dict[str, Any], folds: dict[str, Any], trained: list[str],
+               reused: list[str], failed: list[str], fit_seconds: dict[str, float], stacked: dict[str, Any],
+               evaluation: dict[str, Any], bundle: str, registration: dict[str, Any],
+               versioning: dict[str, Any]) -> str:
+    """The markdown run report: data, validation, training (what was reused), leaderboard, where it went."""
+    validation = data.get("validation") or {}
+    classes = ", ".join(f"{k} {v}" for k, v in data.get("train_class_counts", {}).items())
+    lines = [
+        "# foldstack run report", "",
+        f"**Bundle:** `{bundle}`  ",
+        f"**Registry:** {_registry_line(registration)}  ",
+        f"**Versioning:** {versioning.get('status', 'n/a')}", "",
+        "## Data", "",
+        "| data file | training rows | holdout rows | classes (training) | data hash | validation |",
+        "|---|---:|---:|---|---|---|",
+        f"| `{cfg.data.path}` | {data.get('n_train')} | {data.get('n_holdout')} | {classes} | "
+        f"`{data.get('data_hash')}` | {validation.get('status', 'n/a')}"
+        f"{' (' + str(len(validation['warnings'])) + ' warnings)' if validation.get('warnings') else ''} |",
+        "",
+        "## Base models", "",
+        f"{folds.get('k')} folds x {folds.get('repeats')} repeat(s), fold hash `{folds.get('hash')}`: "
+        f"**{len(trained)} fold tasks trained, {len(reused)} reused** (finished before with the same identity)"
+        + (f", **{len(failed)} failed**" if failed else "") + ".", "",
+        "| model | kind | fit seconds (this run) |", "|---|---|---:|",
+    ]
+    lines += [f"| {spec.name} | {spec.kind} | {fit_seconds.get(spec.name, 0.0):.1f} |" for spec in cfg.base_models]
+    if reused:
+        lines += ["", "Reused: " + ", ".join(f"`{label}`" for label in reused)]
+    lines += ["", "## Holdout leaderboard", ""]
+    leaderboard_md = stages.Layout.of(cfg).eval / "leaderboard.md"
+    lines.append(leaderboard_md.read_text() if leaderboard_md.is_file() else _table(evaluation["leaderboard"]))
+    cv = stacked.get("cv", {})
+    lines += ["", f"## Meta-learner: {stacked.get('kind')}", "",
+              "Cross-validated on the OOF predictions: " + ", ".join(
+                  f"{k} {_format(v)}" for k, v in cv.items() if isinstance(v, (int, float))), ""]
+    return "\n".join(lines)
+
+
+def _registry_line(registration: dict[str, Any]) -> str:
+    if registration.get("status") != "done":
+        return registration.get("status", "n/a")
+    gate = registration.get("gate") or {}
+    promoted = "promoted to production" if registration.get("promoted") else "not promoted"
+    return (f"{registration.get('model')} {registration.get('version')}, {promoted}"
+            + (f" ({gate.get('reason')})" if gate.get("reason") else ""))
+
+
+def _table(records: list[dict[str, Any]]) -> str:
+    if not records:
+        return "(no leaderboard)"
+    columns = list(records[0])
+    rows = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    rows += ["| " + " | ".join(_format(r[c]) for c in columns) + " |" for r in records]
+    return "\n".join(rows)
+
+
+def publish_run_artifacts(report_markdown: str, leaderboard: list[dict[str, Any]], bundle: str | Path) -> None:
+    """The markdown run report and the base models vs ensemble table, under their stable keys."""
+    create_markdown_artifact(report_markdown, key=REPORT_KEY, description=f"foldstack run report; bundle {bundle}")
+    create_table_artifact(leaderboard, key=LEADERBOARD_KEY,
+                          description="holdout metrics: base models, baselines and the ensemble")
