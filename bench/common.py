@@ -93,3 +93,16 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(map(cell, columns)) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_section(start: str, end: str, path: Path, text: str, title: str = "# Orchestration benchmarks") -> None:
+    """Replace one benchmark's section of a shared results file (between its `start`/`end` markers, which
+    `text` includes), or append it; the other sections stay as they are."""
+    old = path.read_text(encoding="utf-8") if path.exists() else title + "\n"
+    if start in old and end in old:
+        before, rest = old.split(start, 1)
+        new = before + text + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new, encoding="utf-8")

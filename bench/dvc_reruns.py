@@ -35,7 +35,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import machine_markdown, markdown_table  # noqa: E402
+from bench.common import machine_markdown, markdown_table, write_section  # noqa: E402
 
 START, END = "<!-- dvc-reruns:start -->", "<!-- dvc-reruns:end -->"
 BIN = Path(sys.executable).parent
@@ -168,18 +168,6 @@ def section(result: dict[str, Any], command: str) -> str:
     ])
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of `path` (between its markers), or append it; keep the rest."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Orchestration benchmarks\n"
-    if START in old and END in old:
-        before, rest = old.split(START, 1)
-        new = before + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="600 rows, k=3, two tfidf models (a smoke run)")
@@ -198,7 +186,7 @@ def main() -> None:
     result["params"]["rows"] = rows
     for name in ("full", "no_change", "meta_only"):
         print(f"{name}: {result[name]['seconds']:.1f}s, ran {result[name]['ran'] or 'nothing'}")
-    write_section(args.output, section(result, command))
+    write_section(START, END, args.output, section(result, command))
     args.output.with_name("dvc_reruns.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output} (section {START}) and {args.output.with_name('dvc_reruns.json')}")
 

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import REPO_ROOT, machine_markdown, markdown_table  # noqa: E402
+from bench.common import REPO_ROOT, machine_markdown, markdown_table, write_section  # noqa: E402
 from foldstack.config import load_config  # noqa: E402
 
 START, END = "<!-- orchestration:start -->", "<!-- orchestration:end -->"
@@ -242,18 +242,6 @@ def section(results: dict[str, Any], command: str, rows: int) -> str:
     ])
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of `path` (between its markers), or append it; keep the rest."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Orchestration benchmarks\n"
-    if START in old and END in old:
-        before, rest = old.split(START, 1)
-        new = before + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="600 rows, k=3, two tfidf models (a smoke run)")
@@ -267,7 +255,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="foldstack-orchestration-bench-") as tmp:
         results = measure(Path(tmp), args.quick, rows, with_server=not args.no_server)
     text = section(results, command, rows)
-    write_section(args.output, text)
+    write_section(START, END, args.output, text)
     print(text)
 
 

@@ -15,7 +15,6 @@ mapping), stack, evaluate, bundle (and register when present).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -30,6 +29,7 @@ import yaml
 
 from foldstack.config import Config
 from foldstack.errors import FoldstackError
+from foldstack.fsutil import file_digest
 
 VALIDATE_STAGE = "validate"
 TRAIN_STAGE = "train"
@@ -262,13 +262,9 @@ class DataChange:
         return f"{self.path} is unchanged since the last locked run (md5 {self.locked_md5})"
 
 
-def file_md5(path: Path, chunk: int = 1 << 20) -> str:
+def file_md5(path: Path) -> str:
     """The md5 DVC 3 records for a file (`hash: md5`: the plain md5 of its bytes)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def data_change(cfg: Config, root: Path | str | None = None) -> DataChange:

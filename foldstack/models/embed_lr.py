@@ -32,7 +32,7 @@ from foldstack.models.hf import (
     TextArrayStore,
     check_labels,
     model_identity,
-    read_model_json,
+    restore_model,
     resolve_device,
     resolve_model_source,
     texts_hash,
@@ -180,19 +180,16 @@ class EmbedLR:
         from sklearn.linear_model import LogisticRegression
 
         directory = Path(directory)
-        meta = read_model_json(directory, cls.kind, FORMAT_VERSION)
-        params = cls.Params.model_validate(meta["params"])
-        context = ModelContext(n_classes=meta["n_classes"], device=device, seed=meta["seed"], cache_dir=cache_dir)
-        model = cls(params, context)
+        model, meta = restore_model(cls, directory, FORMAT_VERSION, device=device, cache_dir=cache_dir)
         recorded = meta["embedding"]["identity"]
         found = model_identity(model._source())
         if found != recorded:
             raise BundleError(
-                f"{directory}: the embedding model {params.model!r} now resolves to {model._source()} with content "
+                f"{directory}: the embedding model {model.params.model!r} now resolves to {model._source()} with content "
                 f"identity {found}, but this classifier was trained on embeddings of identity {recorded}; "
                 "provide the original model files"
             )
-        classifier = LogisticRegression(C=params.C, max_iter=params.max_iter, random_state=meta["seed"])
+        classifier = LogisticRegression(C=model.params.C, max_iter=model.params.max_iter, random_state=meta["seed"])
         classifier.coef_ = load_array(directory / "coef.npy")
         classifier.intercept_ = load_array(directory / "intercept.npy")
         classifier.classes_ = load_array(directory / "classes.npy")

@@ -54,7 +54,7 @@ from foldstack.models.hf import (
     model_identity,
     pad_batch,
     quiet_transformers,
-    read_model_json,
+    restore_model,
     resolve_device,
     resolve_model_source,
     seed_everything,
@@ -440,10 +440,7 @@ class FineTune:
     @classmethod
     def load(cls, directory: Path, *, device: str = "cpu", cache_dir: Path | None = None) -> Self:
         directory = Path(directory)
-        meta = read_model_json(directory, cls.kind, FORMAT_VERSION)
-        params = cls.Params.model_validate(meta["params"])
-        context = ModelContext(n_classes=meta["n_classes"], device=device, seed=meta["seed"], cache_dir=cache_dir)
-        model = cls(params, context)
+        model, meta = restore_model(cls, directory, FORMAT_VERSION, device=device, cache_dir=cache_dir)
         resolved = resolve_device(device)
         configure_torch_for_device(resolved)
         model.tokenizer_ = load_tokenizer(directory / TRANSFORMER_SUBDIR)

@@ -33,6 +33,7 @@ import numpy as np
 
 from foldstack.errors import BundleError, ConfigError
 from foldstack.fsutil import read_json, sha256_file
+from foldstack.models.base import ModelContext
 
 if TYPE_CHECKING:
     import torch
@@ -491,6 +492,15 @@ def read_model_json(directory: Path, kind: str, format_version: int) -> dict[str
             f"{path}: format version {meta.get('format_version')}, this foldstack reads {format_version}; re-train it"
         )
     return meta
+
+
+def restore_model(cls: type, directory: Path, format_version: int, *, device: str,
+                  cache_dir: Path | None) -> tuple[Any, dict[str, Any]]:
+    """A model of `cls` rebuilt from its saved `model.json` (params, classes, seed) on `device`, and that JSON;
+    the caller restores the learned state."""
+    meta = read_model_json(directory, cls.kind, format_version)
+    context = ModelContext(n_classes=meta["n_classes"], device=device, seed=meta["seed"], cache_dir=cache_dir)
+    return cls(cls.Params.model_validate(meta["params"]), context), meta
 
 
 # --------------------------------------------------------------------------------------------------

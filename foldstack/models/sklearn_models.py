@@ -224,8 +224,23 @@ class _SklearnTextModel:
         self.classifier_ = classifier
 
 
+class _VectorizerClassifierModel(_SklearnTextModel):
+    """A TF-IDF vectorizer feeding one scikit-learn classifier saved with skops (tfidf_lr, tfidf_char_svm)."""
+
+    def _predict_present(self, texts: list[str]) -> np.ndarray:
+        return self.classifier_.predict_proba(self.vectorizer_.transform(texts))
+
+    def _save_learned(self, directory: Path) -> None:
+        self._save_vectorizer(directory)
+        save_sklearn(self.classifier_, directory / _CLASSIFIER_SKOPS)
+
+    def _load_learned(self, directory: Path) -> None:
+        self._load_vectorizer(directory)
+        self._load_classifier(directory)
+
+
 @register_model
-class TfidfLogisticRegression(_SklearnTextModel):
+class TfidfLogisticRegression(_VectorizerClassifierModel):
     """Word n-gram TF-IDF (sublinear tf) + logistic regression: the classic strong text baseline."""
 
     kind: ClassVar[str] = "tfidf_lr"
@@ -259,20 +274,9 @@ class TfidfLogisticRegression(_SklearnTextModel):
             C=p.C, max_iter=p.max_iter, class_weight=p.class_weight, random_state=self._random_state
         ).fit(features, y)
 
-    def _predict_present(self, texts: list[str]) -> np.ndarray:
-        return self.classifier_.predict_proba(self.vectorizer_.transform(texts))
-
-    def _save_learned(self, directory: Path) -> None:
-        self._save_vectorizer(directory)
-        save_sklearn(self.classifier_, directory / _CLASSIFIER_SKOPS)
-
-    def _load_learned(self, directory: Path) -> None:
-        self._load_vectorizer(directory)
-        self._load_classifier(directory)
-
 
 @register_model
-class TfidfCharSVM(_SklearnTextModel):
+class TfidfCharSVM(_VectorizerClassifierModel):
     """Character n-gram TF-IDF + linear SVM, probabilities by sigmoid (Platt) calibration.
 
     Character n-grams inside word boundaries are robust to misspellings and morphology, which makes this
@@ -342,17 +346,6 @@ class TfidfCharSVM(_SklearnTextModel):
             method="sigmoid",
             cv=StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=self._random_state),
         ).fit(features, y)
-
-    def _predict_present(self, texts: list[str]) -> np.ndarray:
-        return self.classifier_.predict_proba(self.vectorizer_.transform(texts))
-
-    def _save_learned(self, directory: Path) -> None:
-        self._save_vectorizer(directory)
-        save_sklearn(self.classifier_, directory / _CLASSIFIER_SKOPS)
-
-    def _load_learned(self, directory: Path) -> None:
-        self._load_vectorizer(directory)
-        self._load_classifier(directory)
 
 
 @register_model
