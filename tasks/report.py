@@ -48,8 +48,9 @@ def _format(value: Any) -> str:
 def run_report(cfg: Config, *, data: dict[str, Any], folds: dict[str, Any], trained: list[str],
                reused: list[str], failed: list[str], fit_seconds: dict[str, float], stacked: dict[str, Any],
                evaluation: dict[str, Any], bundle: str, registration: dict[str, Any],
-               versioning: dict[str, Any]) -> str:
-    """The markdown run report: data, validation, training (what was reused), leaderboard, where it went."""
+               versioning: dict[str, Any], reruns: dict[str, Any] | None = None) -> str:
+    """The markdown run report: data, validation, what DVC skipped, training (what was reused), leaderboard,
+    where it went. `reruns`: the plan-reruns task's answer plus `skipped_by_dvc`, the stages not recomputed."""
     validation = data.get("validation") or {}
     classes = ", ".join(f"{k} {v}" for k, v in data.get("train_class_counts", {}).items())
     lines = [
@@ -57,6 +58,7 @@ def run_report(cfg: Config, *, data: dict[str, Any], folds: dict[str, Any], trai
         f"**Bundle:** `{bundle}`  ",
         f"**Registry:** {_registry_line(registration)}  ",
         f"**Versioning:** {versioning.get('status', 'n/a')}", "",
+        *_reruns_section(reruns),
         "## Data", "",
         "| data file | training rows | holdout rows | classes (training) | data hash | validation |",
         "|---|---:|---:|---|---|---|",
@@ -83,13 +85,27 @@ def run_report(cfg: Config, *, data: dict[str, Any], folds: dict[str, Any], trai
     return "\n".join(lines)
 
 
+def _reruns_section(reruns: dict[str, Any] | None) -> list[str]:
+    """Which stages DVC found up to date (not recomputed) and which ran, each with DVC's reason."""
+    if reruns is None:
+        return []
+    lines = ["## Incremental rerun (DVC)", ""]
+    if not reruns.get("lines"):
+        return lines + [f"Every stage ran: {reruns.get('status', 'n/a')}.", ""]
+    skipped = reruns.get("skipped_by_dvc", [])
+    lines.append(f"**{len(skipped)} stage(s) skipped by DVC**"
+                 + (": " + ", ".join(f"`{name}`" for name in skipped) if skipped else "") + ".")
+    return lines + ["", "```", *reruns["lines"], "```", ""]
+
+
 def _registry_line(registration: dict[str, Any]) -> str:
     if registration.get("status") != "done":
         return registration.get("status", "n/a")
     gate = registration.get("gate") or {}
     promoted = "promoted to production" if registration.get("promoted") else "not promoted"
     return (f"{registration.get('model')} {registration.get('version')}, {promoted}"
-            + (f" ({gate.get('reason')})" if gate.get("reason") else ""))
+            + (f" ({gate.get('reason')})" if gate.get("reason") else "")
+            + (" - registered by an earlier run, not again (dvc: up to date)" if registration.get("skipped") else ""))
 
 
 def _table(records: list[dict[str, Any]]) -> str:
