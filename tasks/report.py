@@ -120,5 +120,7 @@ def _table(records: list[dict[str, Any]]) -> str:
 def publish_run_artifacts(report_markdown: str, leaderboard: list[dict[str, Any]], bundle: str | Path) -> None:
     """The markdown run report and the base models vs ensemble table, under their stable keys."""
     create_markdown_artifact(report_markdown, key=REPORT_KEY, description=f"foldstack run report; bundle {bundle}")
-    create_table_artifact(leaderboard, key=LEADERBOARD_KEY,
+    # Four decimals, as in the report: full float precision reads as noise in the UI's table.
+    rounded = [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in leaderboard]
+    create_table_artifact(rounded, key=LEADERBOARD_KEY,
                           description="holdout metrics: base models, baselines and the ensemble")
