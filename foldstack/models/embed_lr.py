@@ -22,9 +22,9 @@ import numpy as np
 from pydantic import Field
 
 from foldstack.errors import BundleError, DataError
-from foldstack.fsutil import load_array, save_array, write_json
+from foldstack.fsutil import load_array, save_array
 from foldstack.models import register_model
-from foldstack.models.base import ModelContext, ModelParams, params_dict
+from foldstack.models.base import ModelContext, ModelParams
 from foldstack.models.hf import (
     DEFAULT_EMBEDDING_MODEL,
     RaggedArray,
@@ -33,6 +33,7 @@ from foldstack.models.hf import (
     check_labels,
     model_identity,
     restore_model,
+    write_model_json,
     resolve_device,
     resolve_model_source,
     texts_hash,
@@ -158,20 +159,15 @@ class EmbedLR:
         save_array(directory / "coef.npy", self.classifier_.coef_)
         save_array(directory / "intercept.npy", self.classifier_.intercept_)
         save_array(directory / "classes.npy", self.classifier_.classes_.astype(np.int64))
-        write_json(
-            directory / "model.json",
-            {
-                "kind": self.kind,
-                "format_version": FORMAT_VERSION,
-                "params": params_dict(self.params),
-                "n_classes": self.context.n_classes,
-                "seed": self.context.seed,
-                "embedding": {
-                    "source": self.params.model,
-                    "identity": self.model_identity_,
-                    "dim": self.embedding_dim_,
-                    "pooling": "mean",
-                },
+        write_model_json(
+            self,
+            directory,
+            FORMAT_VERSION,
+            embedding={
+                "source": self.params.model,
+                "identity": self.model_identity_,
+                "dim": self.embedding_dim_,
+                "pooling": "mean",
             },
         )
 

@@ -39,9 +39,8 @@ import numpy as np
 from pydantic import Field
 
 from foldstack.errors import DataError, FoldstackError
-from foldstack.fsutil import write_json
 from foldstack.models import register_model
-from foldstack.models.base import ModelContext, ModelParams, params_dict
+from foldstack.models.base import ModelContext, ModelParams
 from foldstack.models.hf import (
     DEFAULT_EMBEDDING_MODEL,
     RaggedArray,
@@ -55,6 +54,7 @@ from foldstack.models.hf import (
     pad_batch,
     quiet_transformers,
     restore_model,
+    write_model_json,
     resolve_device,
     resolve_model_source,
     seed_everything,
@@ -412,28 +412,23 @@ class FineTune:
         with quiet_transformers():
             self.model_.save_pretrained(directory / TRANSFORMER_SUBDIR)
             self.tokenizer_.save_pretrained(directory / TRANSFORMER_SUBDIR)
-        write_json(
-            directory / "model.json",
-            {
-                "kind": self.kind,
-                "format_version": FORMAT_VERSION,
-                "params": params_dict(self.params),
-                "n_classes": self.context.n_classes,
-                "seed": self.context.seed,
-                "source": {"name": self.params.model, "identity": self.source_identity_},
-                "training": {
-                    "history": self.history_,
-                    "best_step": self.best_step_,
-                    "n_steps": self.n_steps_,
-                    "n_train_rows": self.n_train_rows_,
-                    "n_val_rows": self.n_val_rows_,
-                    # The micro-batch that fitted in memory; with grad_accum it makes the effective batch.
-                    "micro_batch": self.micro_batch_,
-                    "grad_accum": self.grad_accum_,
-                    "oom_retries": self.oom_retries_,
-                    "tokens": self.tokens_,
-                    "timings_seconds": {k: round(v, 4) for k, v in self.timings_.items()},
-                },
+        write_model_json(
+            self,
+            directory,
+            FORMAT_VERSION,
+            source={"name": self.params.model, "identity": self.source_identity_},
+            training={
+                "history": self.history_,
+                "best_step": self.best_step_,
+                "n_steps": self.n_steps_,
+                "n_train_rows": self.n_train_rows_,
+                "n_val_rows": self.n_val_rows_,
+                # The micro-batch that fitted in memory; with grad_accum it makes the effective batch.
+                "micro_batch": self.micro_batch_,
+                "grad_accum": self.grad_accum_,
+                "oom_retries": self.oom_retries_,
+                "tokens": self.tokens_,
+                "timings_seconds": {k: round(v, 4) for k, v in self.timings_.items()},
             },
         )
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from foldstack.errors import BundleError, ConfigError
-from foldstack.fsutil import read_json, sha256_file
+from foldstack.fsutil import read_json, sha256_file, write_json
 from foldstack.models.base import ModelContext
 
 if TYPE_CHECKING:
@@ -492,6 +492,14 @@ def read_model_json(directory: Path, kind: str, format_version: int) -> dict[str
             f"{path}: format version {meta.get('format_version')}, this foldstack reads {format_version}; re-train it"
         )
     return meta
+
+
+def write_model_json(model: Any, directory: Path, format_version: int, **extra: Any) -> None:
+    """The `model.json` that `restore_model` reads: kind, format, params, classes and seed, plus `extra`."""
+    write_json(Path(directory) / "model.json", {
+        "kind": model.kind, "format_version": format_version, "params": model.params.model_dump(mode="json"),
+        "n_classes": model.context.n_classes, "seed": model.context.seed, **extra,
+    })
 
 
 def restore_model(cls: type, directory: Path, format_version: int, *, device: str,
