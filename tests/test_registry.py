@@ -287,3 +287,19 @@ def test_gate_reads_the_recorded_score_of_a_bundle_of_this_snapshot(project, tra
     monkeypatch.setattr(foldstack.bundle, "load_bundle", lambda *a, **k: pytest.fail("models were loaded"))
     score, rows, manifest = score_bundle_on_holdout(trained.better, project, "log_loss")
     assert score == manifest["metrics"]["ensemble.log_loss"] == pytest.approx(trained.better_score)
+
+
+def test_cli_predict_with_the_production_model(project, trained, tmp_path):
+    from foldstack.cli import app
+
+    register_bundle(project, trained.better)
+    texts = tmp_path / "texts.csv"
+    pd.DataFrame({"text": ["Great kettle, would buy again.", "Broken on arrival."]}).to_csv(texts, index=False)
+    out = tmp_path / "pred.csv"
+    params = str(project.resolve_path("params.yaml"))
+    result = CliRunner().invoke(app, ["predict", "--model", "production", str(texts), "-o", str(out), "-p", params])
+    assert result.exit_code == 0, result.output
+    pred = pd.read_csv(out)
+    assert len(pred) == 2 and set(pred["model_version"]) == {"v0.1.0"}
+    both = CliRunner().invoke(app, ["predict", "--model", "production", str(texts), str(texts), "-o", str(out)])
+    assert both.exit_code != 0 and "only INPUT" in str(both.exception)
