@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -55,3 +56,20 @@ def write_params(directory: Path, data_path: Path, **sections) -> Path:
 @pytest.fixture
 def params_file(tmp_path, demo_csv) -> Path:
     return write_params(tmp_path, demo_csv)
+
+
+# A toy task the transformer kinds must learn: texts that differ only in "good" (class 0) or "bad" (class 1).
+FILLERS = ["fun", "long", "new", "old", "short", "big", "red", "odd", "blue", "green", "nice", "plain"]
+
+
+def toy_task(fillers: list[str]) -> tuple[list[str], np.ndarray]:
+    texts = [f"this {filler} movie was {word}" for filler in fillers for word in ("good", "bad")]
+    return texts, np.array([0 if t.endswith("good") else 1 for t in texts])
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny BERT built from a config with a vocabulary made on the fly: no weights to download."""
+    from foldstack.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)

@@ -39,19 +39,9 @@ from foldstack.models.hf import (
     tokenizer_identity,
 )
 from foldstack.models.tiny import build_tiny_model
+from tests.conftest import FILLERS, toy_task
 
 GIB = 2**30
-FILLERS = ["fun", "long", "new", "old", "short", "big", "red", "odd", "blue", "green", "nice", "plain"]
-
-
-def toy_task(fillers: list[str]) -> tuple[list[str], np.ndarray]:
-    texts = [f"this {filler} movie was {word}" for filler in fillers for word in ("good", "bad")]
-    return texts, np.array([0 if t.endswith("good") else 1 for t in texts])
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
 def finetune(model_dir: Path, cache_dir: Path | None = None, **params) -> FineTune:
@@ -143,7 +133,7 @@ def test_token_cache_is_shared_by_folds_and_keyed_by_tokenizer_and_length(tiny_d
 
 
 def build_tokenizer_of_other_vocabulary(tmp_path: Path):
-    from foldstack.models.tiny import build_tiny_model
+    from tests.conftest import FILLERS, toy_task
 
     return load_tokenizer(build_tiny_model(tmp_path / "other", seed=0, corpus=["zebra", "quokka", "okapi"]))
 

@@ -22,20 +22,9 @@ from foldstack.models.hf import (
     texts_hash,
 )
 from foldstack.models.tiny import build_tiny_model
+from tests.conftest import FILLERS, toy_task
 
-FILLERS = ["fun", "long", "new", "old", "short", "big", "red", "odd", "blue", "green", "nice", "plain"]
 UNSEEN_FILLERS = ["loud", "quiet", "early", "late", "dark", "bright"]
-
-
-def toy_task(fillers: list[str]) -> tuple[list[str], np.ndarray]:
-    """Texts that differ only in "good" (class 0) or "bad" (class 1)."""
-    texts = [f"this {filler} movie was {word}" for filler in fillers for word in ("good", "bad")]
-    return texts, np.array([0 if t.endswith("good") else 1 for t in texts])
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
 def embed_lr(model_dir: Path, cache_dir: Path | None, n_classes: int = 2, **params) -> EmbedLR:
