@@ -21,6 +21,7 @@ from rich.table import Table
 
 from foldstack.config import DEFAULT_PARAMS_FILE, load_config
 from foldstack.errors import FoldstackError
+from foldstack.process_exit import skip_final_garbage_collection
 
 app = typer.Typer(
     name="foldstack",
@@ -269,6 +270,7 @@ _register_extensions()
 
 
 def main() -> None:
+    skip_final_garbage_collection()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
