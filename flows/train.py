@@ -24,18 +24,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import flows  # noqa: F401  (PREFECT_HOME before Prefect)
-from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture, as_completed
+from flows.embedded_server import EmbeddedServer
 
-from flows.watch_data import record_successful_run
-from foldstack import stages
-from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
-from foldstack.errors import FoldstackError, StageError
-from tasks.fanout import fan_out_for, warm_up
-from tasks.fold import SKIPPED
-from tasks.pipeline import (DVC_UP_TO_DATE, collect_oof, evaluate, fit_meta, make_bundle, make_folds, plan_reruns,
-                            register, validate_data, version)
-from tasks.report import TrainingProgress, publish_run_artifacts, run_report
+# `python -m flows.train` with no server configured: start Prefect's embedded server before the imports below,
+# so that its start-up overlaps them instead of following them (flows/embedded_server.py). main() waits for it.
+EMBEDDED_SERVER = EmbeddedServer.start_if_unconfigured() if __name__ == "__main__" else None
+
+from prefect import flow, get_run_logger  # noqa: E402  (after PREFECT_API_URL points at that server)
+from prefect.futures import PrefectFuture, as_completed  # noqa: E402
+
+from flows.watch_data import record_successful_run  # noqa: E402
+from foldstack import stages  # noqa: E402
+from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config  # noqa: E402
+from foldstack.errors import FoldstackError, StageError  # noqa: E402
+from foldstack.process_exit import skip_final_garbage_collection  # noqa: E402
+from tasks.fanout import fan_out_for, warm_up  # noqa: E402
+from tasks.fold import SKIPPED  # noqa: E402
+from tasks.pipeline import (  # noqa: E402
+    DVC_UP_TO_DATE, collect_oof, evaluate, fit_meta, make_bundle, make_folds, plan_reruns, register, validate_data,
+    version)
+from tasks.report import TrainingProgress, publish_run_artifacts, run_report  # noqa: E402
 
 
 @dataclass
@@ -146,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a key (repeatable)")
     args = parser.parse_args(argv)
+    skip_final_garbage_collection()
     try:
+        if EMBEDDED_SERVER is not None:
+            EMBEDDED_SERVER.wait_until_ready()
         result = train_ensemble(params=args.params, overrides=args.overrides)
     except FoldstackError as exc:
         print(f"error: {exc}", file=sys.stderr)
