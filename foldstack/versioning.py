@@ -227,6 +227,25 @@ def push(root: Path | str, remote: str | None = None) -> int:
     return int(pushed.group(1)) if pushed else 0
 
 
+def unpushed_outputs(root: Path | str, remote: str | None = None) -> list[str]:
+    """The outputs dvc.lock names that the local cache holds and `remote` (default: the project's default
+    remote) lacks: what `dvc status --cloud` lists as new, i.e. what a push would transfer.
+
+    Asked in this process (`Repo.status(cloud=True)`): about 0.05 s on a small project with a local remote,
+    against 0.4 s for a `dvc push` subprocess that finds nothing to send.
+    """
+    from dvc.exceptions import DvcException
+
+    with open_repo(root) as repo:
+        try:
+            status = repo.status(cloud=True, remote=remote)
+        except DvcException as exc:
+            raise VersioningError(f"`dvc status --cloud` failed in {root}: {exc}") from exc
+    # "deleted": on the remote but not in the local cache (nothing to push); "missing": in neither (a push
+    # cannot help); "new": in the local cache only.
+    return sorted(path for path, state in status.items() if state == "new")
+
+
 def pull(root: Path | str, remote: str | None = None) -> None:
     """`dvc pull`: fetch every output dvc.lock names from the remote and check it out in the workspace."""
     _dvc(root, "pull", *(["--remote", remote] if remote else []))
@@ -234,11 +253,21 @@ def pull(root: Path | str, remote: str | None = None) -> None:
 
 def record_run(root: Path | str, stages: Iterable[str], *, push_to_remote: bool = True,
                remote: str | None = None) -> VersionRecord:
-    """The flow's versioning step: commit the stages it ran, then push (one call; DVC's lock serializes it)."""
+    """The flow's versioning step: commit the stages it ran, then push (one call; DVC's lock serializes it).
+
+    With nothing to commit, it still pushes when the remote lacks outputs that dvc.lock already names: a
+    push that failed in an earlier run (remote down) is retried by the next run instead of never.
+    `pushed_files` is None when no push was asked for (or nothing was committed and no remote is
+    configured), 0 when the remote already held everything.
+    """
     committed = commit_stages(root, stages)
-    pushed = push(root, remote) if push_to_remote and committed else None
-    return VersionRecord(committed=committed, pushed_files=pushed,
-                         remote=(remote or default_remote(root)) if pushed is not None else None)
+    pushed = None
+    target = (remote or default_remote(root)) if push_to_remote else None
+    if push_to_remote and committed:
+        pushed = push(root, remote)  # without a remote this fails, naming the problem
+    elif target is not None:
+        pushed = push(root, remote) if unpushed_outputs(root, target) else 0
+    return VersionRecord(committed=committed, pushed_files=pushed, remote=target if pushed is not None else None)
 
 
 # ------------------------------------------------------------------------------------ data changes

@@ -214,6 +214,8 @@ def version(cfg: Config, params_file: str, overrides: list[str] | None = None,
     record = record_run(root, pipeline_stages(root) if ran is None else ran, push_to_remote=remote is not None)
     if not record.committed:
         pushed = "nothing new to record"
+        if record.pushed_files:  # an earlier run's push had failed: retried now
+            pushed += f", pushed {record.pushed_files} file(s) an earlier run left unpushed to {record.remote}"
     elif remote is None:
         pushed = "not pushed (no DVC remote configured)"
     elif record.pushed_files is None:

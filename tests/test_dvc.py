@@ -19,7 +19,8 @@ import yaml
 
 from foldstack.config import load_config
 from foldstack.demo import write_demo_data
-from foldstack.versioning import data_change, pipeline_stages, plan_reruns, push, record_run
+from foldstack.versioning import (VersioningError, data_change, pipeline_stages, plan_reruns, push, record_run,
+                                  unpushed_outputs)
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -182,6 +183,44 @@ def test_flow_style_compute_then_commit_and_push(history):
     after = plan_reruns(root)
     assert after.to_run == ["register"], "committed stages are fresh; only the one the flow did not run is left"
     assert after.to_json()["reasons"]["register"] == ["dep artifacts/bundle modified"]
+
+
+def test_a_failed_push_is_retried_by_the_next_run_with_nothing_to_commit(history, tmp_path):
+    """Run 1 commits but its push fails (the remote is down); run 2 has nothing new to commit and pushes."""
+    from foldstack import stages
+
+    root = history["root"]
+    remote_dir = tmp_path / "remote"
+    local_config = root / ".dvc" / "config.local"
+    saved_config = local_config.read_bytes() if local_config.exists() else None
+    # A file where the remote's directory should be: every upload fails, as with an unreachable remote.
+    remote_dir.write_text("the remote is down\n")
+    _run([str(BIN / "dvc"), "remote", "modify", "--local", "local", "url", str(remote_dir)], root)
+    try:
+        _set_param(root, "evaluate", "ece_bins", 10)
+        stages.evaluate(load_config(root / "params.yaml"))
+        with pytest.raises(VersioningError, match="push"):
+            record_run(root, ["evaluate"])
+        locked = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["evaluate"]
+        assert locked["params"]["params.yaml"]["evaluate"]["ece_bins"] == 10, "run 1's commit must stand"
+        # metrics.json is `cache: false` in dvc.yaml: git keeps it, DVC never pushes it.
+        committed_md5s = [out["md5"] for out in locked["outs"] if not out["path"].endswith("metrics.json")]
+
+        remote_dir.unlink()  # the remote is back (empty)
+        record = record_run(root, [])
+        assert record.committed == [] and record.remote == "local"
+        assert record.pushed_files and record.pushed_files > 0
+        assert unpushed_outputs(root) == []
+        for md5 in committed_md5s:
+            assert (remote_dir / "files" / "md5" / md5[:2] / md5[2:]).is_file(), f"{md5} not on the remote"
+
+        again = record_run(root, [])
+        assert again.pushed_files == 0, "the remote holds everything: nothing to push"
+    finally:
+        if saved_config is None:
+            local_config.unlink(missing_ok=True)
+        else:
+            local_config.write_bytes(saved_config)
 
 
 def test_data_change_is_detected_and_reruns_every_stage(history):
