@@ -183,6 +183,8 @@ class ValidationConfig(_Section):
     report_dir: str = Field("reports", description="where validation.json and validation.md are written")
     data_docs: bool = Field(True, description="build the Data Docs site for every run")
     max_examples: int = Field(5, ge=1, le=100, description="example rows shown per broken rule")
+    keep_history: int = Field(50, ge=1, description="validation results kept per suite under "
+                              "<context_dir>/uncommitted/ (older ones and their Data Docs pages are deleted)")
 
     @model_validator(mode="after")
     def _row_bounds(self) -> ValidationConfig:

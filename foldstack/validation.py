@@ -12,8 +12,10 @@ The validate stage calls `run_gate(cfg)` instead of building the snapshot direct
 
 Every suite is rebuilt from params on each run and saved into the file-mode context at
 `validation.context_dir` (default `gx/`) only when it changed, so the committed suite files stay stable.
-Validation results (the history) and the Data Docs site live under `gx/uncommitted/`. Data Docs pages load
-their styling, scripts and a logo from public CDNs: opened offline they show unstyled, still readable tables.
+Validation results (the history) and the Data Docs site live under `gx/uncommitted/`; after each run only the
+newest `validation.keep_history` results of each suite are kept (with their Data Docs pages), so that scheduled
+retraining does not grow the history forever. Data Docs pages load their styling, scripts and a logo from
+public CDNs: opened offline they show unstyled, still readable tables.
 The gate therefore also writes a plain summary, `reports/validation.md`, beside the machine-readable
 `reports/validation.json`; both are written on every run, passed or failed.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -335,11 +338,56 @@ class ExpectationsContext:
         result = checkpoint.run(batch_parameters={"dataframe": frame})
         return [r for run in result.run_results.values() for r in run.results]
 
+    def prune_history(self, keep: int) -> list[Any]:
+        """Delete each suite's stored validation results beyond its newest `keep`, and their Data Docs pages;
+        return the removed results' keys (GX `ValidationResultIdentifier`s), oldest first per suite.
+
+        GX stores one result per checkpoint run at `uncommitted/validations/<suite>/<run name>/<run time>/
+        <batch>.json` and, with Data Docs, renders it to the same path under the site's `validations/` as
+        .html. Results are removed through GX's store; rebuilding the Data Docs index for the removed keys
+        renders no page (their results are gone) but makes GX drop the pages whose results are missing, so
+        the index never links to a deleted page.
+        """
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 (the run just made), got {keep}")
+        store = self.context.validation_results_store
+        by_suite: dict[str, list[Any]] = defaultdict(list)
+        for key in store.list_keys():
+            by_suite[key.expectation_suite_identifier.name].append(key)
+        removed = []
+        for keys in by_suite.values():
+            keys.sort(key=lambda key: key.run_id.run_time)
+            removed += keys[:-keep]
+        if not removed:
+            return []
+        for key in removed:
+            store.remove_key(key)
+        history_dirs = [Path(store.store_backend.full_base_directory)]
+        if self.data_docs:
+            self.context.build_data_docs(resource_identifiers=removed)
+            history_dirs += [self.directory / site["store_backend"]["base_directory"] / "validations"
+                             for site in (self.context.variables.data_docs_sites or {}).values()
+                             if "base_directory" in site.get("store_backend", {})]
+        # GX deletes the files but leaves each run's directories behind, empty: they would pile up instead.
+        for base in history_dirs:
+            for key in removed:
+                _remove_empty_directories(base, base.joinpath(*key.to_tuple()[:-1]))
+        return removed
+
     def docs_index(self) -> str | None:
         if not self.data_docs:
             return None
         sites = self.context.get_docs_sites_urls()
         return sites[0]["site_url"] if sites and sites[0].get("site_url") else None
+
+
+def _remove_empty_directories(base: Path, directory: Path) -> None:
+    """Remove `directory` and then its parents while they are empty, stopping below `base`."""
+    base = base.resolve()
+    directory = directory.resolve()
+    while directory != base and base in directory.parents and directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+        directory = directory.parent
 
 
 def _configs(expectations: list[Any]) -> list[str]:
@@ -483,6 +531,8 @@ def run_gate(cfg: Config) -> tuple[Snapshot, GateReport]:
                                                          frame, HOLDOUT, cfg)
     except DataError as exc:  # unreadable file, or data.py's own checks while splitting
         report.error = str(exc)
+    # Pass or fail, this run's results are stored: keep the history bounded either way.
+    context.prune_history(rules.keep_history)
     report.data_docs = context.docs_index()
     write_reports(cfg, report)
     for warning in (w for w in report.warnings if w.evaluated):

@@ -226,3 +226,31 @@ def test_cli_validate_data_exits_non_zero_with_the_summary(tmp_path, good_frame)
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "ERROR label_not_null" in proc.stderr and "row=7" in proc.stderr
+
+
+def test_history_keeps_the_newest_results_of_each_suite_with_their_pages(tmp_path, good_frame):
+    cfg = _config(tmp_path, good_frame, validation={"keep_history": 2, "data_docs": True})
+    uncommitted = tmp_path / "gx" / "uncommitted"
+    results_dir = uncommitted / "validations"
+    pages_dir = uncommitted / "data_docs" / "local_site" / "validations"
+    new_per_run = []
+    for _ in range(3):
+        before = set(results_dir.rglob("*.json"))
+        run_gate(cfg)
+        new_per_run.append(set(results_dir.rglob("*.json")) - before)
+    assert [len(new) for new in new_per_run] == [2, 2, 2], "one result per suite (training data, holdout) per run"
+
+    kept = set(results_dir.rglob("*.json"))
+    assert kept == new_per_run[1] | new_per_run[2]
+    pages = {p.relative_to(pages_dir).with_suffix("") for p in pages_dir.rglob("*.html")}
+    assert pages == {p.relative_to(results_dir).with_suffix("") for p in kept}
+    index = (uncommitted / "data_docs" / "local_site" / "index.html").read_text()
+    assert all(p.parent.name not in index for p in new_per_run[0]), "the index links to a deleted page"
+    assert all(p.parent.name in index for p in kept)
+    leftovers = [d for base in (results_dir, pages_dir) for d in base.rglob("*") if d.is_dir() and not any(d.iterdir())]
+    assert leftovers == [], "a deleted run left its directories behind"
+
+
+def test_keep_history_must_keep_at_least_one_result():
+    with pytest.raises(ConfigError, match="validation.keep_history"):
+        config_from_dict({"base_models": [{"name": "a", "kind": "tfidf_lr"}], "validation": {"keep_history": 0}})
