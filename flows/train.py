@@ -105,9 +105,12 @@ def train_base_models(cfg: Config, data: PrefectFuture, folds: PrefectFuture) ->
 
 
 def stage_names(cfg: Config) -> list[str]:
-    """The flow's stage tasks by the names of their DVC stages (dvc.yaml), in the order the flow runs them."""
+    """The DVC stage (dvc.yaml) each of the flow's stage tasks belongs to, in the order the flow runs them.
+
+    The bundle and register tasks are one DVC stage, `register`: it writes the bundle and registers it.
+    """
     return ["validate", "folds", *(f"train@{spec.name}" for spec in cfg.base_models),
-            "stack", "evaluate", "bundle", "register"]
+            "stack", "evaluate", "register", "register"]
 
 
 @flow(name="train-ensemble", log_prints=False)
@@ -129,12 +132,12 @@ def train_ensemble(params: str = DEFAULT_PARAMS_FILE, overrides: list[str] | Non
 
     summaries = resolve_in_order(data, folds, *oof, stacked, evaluation, bundle, registration)
     data_summary, folds_summary, *_, stack_summary, evaluation_summary, bundle_summary, registered = summaries
-    skipped_by_dvc = [name for name, summary in zip(stage_names(cfg), summaries, strict=True)
-                      if summary.get("skipped") == DVC_UP_TO_DATE]
+    skipped_by_dvc = list(dict.fromkeys(name for name, summary in zip(stage_names(cfg), summaries, strict=True)
+                                        if summary.get("skipped") == DVC_UP_TO_DATE))
     if skipped_by_dvc:
         logger.info("skipped by DVC (up to date): %s", ", ".join(skipped_by_dvc))
     # dvc commit only what this run computed; with nothing skipped, every stage of dvc.yaml (as before).
-    ran = [name for name in stage_names(cfg) if name not in skipped_by_dvc] if skipped_by_dvc else None
+    ran = [name for name in dict.fromkeys(stage_names(cfg)) if name not in skipped_by_dvc] if skipped_by_dvc else None
     versioned = version.submit(cfg, params, overrides, ran).result()
     report = run_report(cfg, data=data_summary, folds=folds_summary, trained=base.trained, reused=base.reused,
                         failed=base.failed, fit_seconds=base.fit_seconds, stacked=stack_summary,

@@ -256,6 +256,18 @@ def stage_bundle(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = N
     _print_json(make_bundle(_config(params, set_)))
 
 
+@stage_app.command("register")
+def stage_register(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Write the bundle, then register it, gate it against production and promote it on a pass (DVC's
+    register stage: `stage bundle` followed by `registry push`, in one process)."""
+    from foldstack.cli_registry import push
+    from foldstack.stages import make_bundle
+
+    bundle = make_bundle(_config(params, set_))["bundle"]
+    out.print(f"bundle: {bundle}")
+    push(bundle=Path(bundle), params=params, set_=set_)
+
+
 # Command groups that live beside their edge (Prefect, registry, validation); each has register(app).
 _EXTENSIONS = ("foldstack.cli_prefect", "foldstack.cli_registry", "foldstack.cli_data")
 

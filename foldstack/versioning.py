@@ -10,7 +10,7 @@ remote's URL is relative, so each clone has its own; to pull another checkout's,
 `dvc remote modify --local local url /path/to/that/checkout/dvc-remote`.
 
 Stage names are those of `dvc.yaml`: validate, folds, `train@<name>` (one per entry of the `base_models`
-mapping), stack, evaluate, bundle (and register when present).
+mapping), stack, evaluate, register (it writes the bundle, then registers and gates it).
 """
 
 from __future__ import annotations

@@ -111,12 +111,11 @@ def last_summary(cfg: Config, stage: str) -> dict[str, Any]:
 
             return {"metrics": read_json(layout.eval / "metrics.json"),
                     "leaderboard": pd.read_csv(layout.eval / "leaderboard.csv").to_dict(orient="records")}
-        case "bundle":
-            return {"bundle": str(layout.bundle)}
-        case "register":  # the same bundle was registered (and gated) already: its decision stands
-            return {"status": "done", **read_json(layout.root / "registry" / "decision.json")}
+        case "register":  # the same bundle was written and registered (and gated) already: its decision stands
+            return {"status": "done", "bundle": str(layout.bundle),
+                    **read_json(layout.root / "registry" / "decision.json")}
     raise ValueError(f"no stage {stage!r} in the pipeline; stages: validate, folds, train@<model>, stack, "
-                     f"evaluate, bundle, register")
+                     f"evaluate, register")
 
 
 def reuse_if_fresh(cfg: Config, stage: str, dvc_fresh: Collection[str]) -> State | None:
@@ -173,15 +172,15 @@ def evaluate(cfg: Config, dvc_fresh: Collection[str] = ()) -> dict[str, Any] | S
 
 @task(name="bundle", cache_policy=NONE)
 def make_bundle(cfg: Config, dvc_fresh: Collection[str] = ()) -> dict[str, Any] | State:
-    """The self-describing, hashed bundle."""
-    reused = reuse_if_fresh(cfg, "bundle", dvc_fresh)
+    """The self-describing, hashed bundle (in dvc.yaml, the first half of the register stage)."""
+    reused = reuse_if_fresh(cfg, "register", dvc_fresh)
     return reused if reused is not None else stages.make_bundle(cfg)
 
 
 @task(name="register", cache_policy=NONE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5),
       retry_jitter_factor=0.5, retry_condition_fn=transient_failure)
 def register(cfg: Config, bundle: dict[str, Any], dvc_fresh: Collection[str] = ()) -> dict[str, Any] | State:
-    """Register the bundle (the bundle stage's summary) and run the promotion gate (foldstack.registry)."""
+    """Register the bundle (the bundle task's summary) and run the promotion gate (foldstack.registry)."""
     if _module_missing(REGISTRY_MODULE):
         get_run_logger().warning("register: skipped, %s is not available", REGISTRY_MODULE)
         return {"status": "skipped: module not available"}

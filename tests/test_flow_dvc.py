@@ -2,7 +2,7 @@
 
 In a throwaway git + DVC project (tests/test_dvc.py's template): a first flow run computes everything and
 commits dvc.lock; a second run with nothing changed recomputes no stage; after a change of `meta.C` only
-stack, evaluate, bundle and register run. Asserted from the flow's printed result and its log.
+stack, evaluate and register run. Asserted from the flow's printed result and its log.
 """
 
 from __future__ import annotations
