@@ -192,6 +192,7 @@ def train_fold(cfg: Config, model: str, repeat: int, fold: int, device: str | No
     context = ModelContext(
         n_classes=snapshot.n_classes, device=resolve_device(device or cfg.runtime.device),
         seed=derive_seed(cfg.seed, task.identity), cache_dir=cfg.resolve_path(cfg.runtime.cache_dir),
+        base_dir=cfg.resolve_path("."),
     )
     started = time.perf_counter()
     estimator = fit_fold_model(spec.kind, spec.params, context, texts, y, train_idx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,18 @@ def test_resolve_model_source_forms(tiny_dir: Path, tmp_path: Path) -> None:
         resolve_model_source(str(tmp_path))
     with pytest.raises(ConfigError, match="not installed"):
         resolve_model_source("package:no_such_package_here")
+
+
+def test_a_relative_model_directory_is_found_beside_the_params_file(tiny_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(tiny_dir, project / "models" / "tiny")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # run from another directory than the params file's
+    assert resolve_model_source("models/tiny", base_dir=project) == (project / "models" / "tiny").resolve()
+    with pytest.raises(ConfigError, match="not a local directory"):
+        resolve_model_source("models/tiny")  # relative to the working directory: not there
 
 
 def test_packaged_minilm_names_resolve_to_the_installed_package() -> None:

@@ -46,6 +46,9 @@ class ModelContext(_PydanticModel):
     device: str = "cpu"
     seed: int = 0
     cache_dir: Path | None = None
+    # Relative local paths in a model's params (e.g. a model directory) are relative to this: the params
+    # file's directory, as every other path in params is. None: the working directory.
+    base_dir: Path | None = None
 
 
 def check_proba(proba: np.ndarray, n_rows: int, n_classes: int, who: str) -> np.ndarray:

