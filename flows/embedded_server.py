@@ -48,7 +48,7 @@ def _configured_elsewhere(environ: dict[str, str]) -> bool:
         return True
     if environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true").lower() in ("0", "false", "no"):
         return True
-    home = Path(environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    home = Path(environ.get("PREFECT_HOME") or Path.home() / ".prefect")
     profiles_path = Path(environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml"))
     try:
         profiles = tomllib.loads(profiles_path.read_text())
@@ -79,7 +79,8 @@ class EmbeddedServer:
         self.environ = os.environ if environ is None else environ
         self.process: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
-        self.log_path = Path(self.environ.get("PREFECT_HOME", ".prefect")) / "embedded-server.log"
+        # Beside the server's database: PREFECT_HOME, or Prefect's default home.
+        self.log_path = Path(self.environ.get("PREFECT_HOME") or Path.home() / ".prefect") / "embedded-server.log"
 
     @classmethod
     def start_if_unconfigured(cls) -> EmbeddedServer | None:
