@@ -32,6 +32,7 @@ EMBEDDED_SERVER = EmbeddedServer.start_if_unconfigured() if __name__ == "__main_
 
 from prefect import flow, get_run_logger  # noqa: E402  (after PREFECT_API_URL points at that server)
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
+from prefect.states import State  # noqa: E402
 
 from flows.watch_data import record_successful_run  # noqa: E402
 from foldstack import stages  # noqa: E402
@@ -51,13 +52,16 @@ class BaseModelRuns:
     """The fold tasks of one flow run: their futures, and what was trained, reused or failed."""
 
     futures: dict[stages.FoldTask, PrefectFuture] = field(default_factory=dict)
+    # Their final states: what downstream tasks wait for. A future may not outlive its executor (a Ray
+    # future needs the Ray runtime that the fan-out shuts down); a final state does, and still draws the edge.
+    states: dict[stages.FoldTask, State] = field(default_factory=dict)
     trained: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     fit_seconds: dict[str, float] = field(default_factory=dict)
 
-    def of_model(self, model: str) -> list[PrefectFuture]:
-        return [f for t, f in self.futures.items() if t.model == model]
+    def of_model(self, model: str) -> list[State]:
+        return [state for t, state in self.states.items() if t.model == model]
 
 
 def resolve_in_order(*futures: PrefectFuture) -> list[Any]:
@@ -83,7 +87,7 @@ def train_base_models(cfg: Config, data: PrefectFuture, folds: PrefectFuture) ->
         for future in as_completed(list(runs.futures.values())):
             future.wait()
             task_ = task_of[id(future)]
-            state = future.state
+            state = runs.states[task_] = future.state
             if not state.is_completed():
                 runs.failed.append(task_.label)
                 logger.error("%s: %s (%s)", task_.label, state.name, state.message)

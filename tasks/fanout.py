@@ -152,9 +152,11 @@ class RayFanOut:
 
         on_gpu = self.cluster_gpus > 0 and wants_gpu(self.cfg, task_.model)
         placement = Placement("ray-gpu" if on_gpu else "ray-cpu")
+        # No wait_for: Ray ships a task's upstream futures to the worker, and the flow's own (thread) futures
+        # cannot be pickled; the flow resolved the snapshot and folds before planning these tasks anyway.
+        # The cost: the run graph draws no edge from make-folds to the Ray fold tasks.
         with remote_options(**({"num_gpus": 1} if on_gpu else {"num_cpus": 1})):
-            return self.runner.submit(train_fold, _parameters(self.cfg, task_, placement=placement),
-                                      wait_for=wait_for)
+            return self.runner.submit(train_fold, _parameters(self.cfg, task_, placement=placement))
 
 
 def _folds_on_disk_look_complete(cfg: Config) -> bool:
