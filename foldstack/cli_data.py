@@ -39,7 +39,7 @@ def dvc_status(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
         out.print_json(json.dumps(plan.to_json()))
     else:
         for line in plan.describe():
-            out.print(line, highlight=False)
+            out.print(line, highlight=False, soft_wrap=True)
 
 
 def data_changed(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
@@ -51,7 +51,7 @@ def data_changed(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
     change = data_change(load_config(params))
     out.print_json(json.dumps({"path": change.path, "changed": change.changed, "locked_md5": change.locked_md5,
                                "current_md5": change.current_md5}))
-    console.print(change.describe(), highlight=False)
+    console.print(change.describe(), highlight=False, soft_wrap=True)
     if exit_code and not change.changed:
         raise typer.Exit(1)
 

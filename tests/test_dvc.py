@@ -139,6 +139,18 @@ def test_dvc_plots_render(history, tmp_path):
     assert "roc.csv" in html and "calibration.csv" in html and "confusion.csv" in html
 
 
+def test_the_cli_reports_what_dvc_would_rerun_and_whether_the_data_changed(history):
+    import json
+
+    root = history["root"]
+    status = json.loads(_run([str(BIN / "foldstack"), "dvc-status", "--json"], root).stdout)
+    assert status["to_run"] == [] and status["skipped"] == ALL_STAGES
+    unchanged = _run([str(BIN / "foldstack"), "data-changed", "--exit-code"], root, check=False)
+    assert unchanged.returncode == 1, "--exit-code: 1 when the data is unchanged (nothing to retrain)"
+    assert json.loads(unchanged.stdout)["changed"] is False
+    assert "unchanged since the last locked run" in unchanged.stderr
+
+
 def test_checkout_of_the_first_commit_restores_the_first_bundle(history):
     root = history["root"]
     try:
