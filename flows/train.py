@@ -28,7 +28,8 @@ from flows.embedded_server import EmbeddedServer
 
 # `python -m flows.train` with no server configured: start Prefect's embedded server before the imports below,
 # so that its start-up overlaps them instead of following them (flows/embedded_server.py). main() waits for it.
-EMBEDDED_SERVER = EmbeddedServer.start_if_unconfigured() if __name__ == "__main__" else None
+EMBEDDED_SERVER = (EmbeddedServer.start_if_unconfigured()
+                   if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]) else None)
 
 from prefect import flow, get_run_logger  # noqa: E402  (after PREFECT_API_URL points at that server)
 from prefect.futures import PrefectFuture, as_completed  # noqa: E402
