@@ -4,7 +4,9 @@ Three measurements, all in one run on one machine, same data, same epochs, same 
 
 (a) one fold's fine-tune of all-MiniLM-L6-v2: samples/s of foldstack's loop (`finetune`), of the HF
     `Trainer` with its defaults (fp32, batch 32, lr 5e-5) and of a tuned `Trainer` (bf16, tf32, batch 128,
-    length-grouped sampling, 4 loader workers, cuDNN attention off), with held-out accuracy;
+    length-grouped sampling, 4 loader workers, cuDNN attention off), with held-out accuracy; and of
+    foldstack's loop with `compile: true` (torch.compile, lengths padded to 16s), compilation included, to
+    say whether compiling pays on a run this short (`--no-compile-variant` skips it);
 (b) the whole base phase, 5 folds x 2 models (all-MiniLM-L6-v2 and a randomly initialised MPNet-base-sized
     model): wall time of foldstack (fold tasks packed onto the GPU in separate processes, as many at once
     as `foldstack.gpu_packing` allows from measured memory and utilisation) against a user's sequential
@@ -24,13 +26,14 @@ upcast to float32 on load) and a copy of the data, into a git-ignored folder tha
         --platform manylinux2014_x86_64 -d .whl pydantic==2.14.3 pydantic_core==2.50.4 \\
         annotated_types==0.8.0 typing_inspection==0.4.5 typing_extensions==4.16.0
 
-On the device (carry [".weights", ".whl"]), about 8 minutes on an H100 with the defaults:
+On the device (carry [".weights", ".whl"]), about 9 minutes on an H100 with the defaults (split it
+into `--parts a,c` and `--parts b` if one call would pass the 10-minute limit):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
         .whl/*.whl && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && \\
         python3 bench/gpu_finetune.py --weights .weights/bench && cp bench/results/gpu.* $OUT/
 
-On a CPU, in about a minute, to check that every path runs (tiny models, a few dozen rows; writes nothing
+On a CPU, in about two minutes, to check that every path runs (tiny models, a few dozen rows; writes nothing
 under bench/results):
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/gpu_finetune.py --smoke [--out /tmp/gpu-smoke.md]
@@ -523,10 +526,17 @@ def part_a(args: argparse.Namespace, runner: Runner, models: dict[str, str], dat
     foldstack = runner.run("foldstack", {**base, "model_dir": models["minilm"], "model_label": "minilm",
                                          "params": foldstack_params(args), "cache_dir": str(cache_dir),
                                          "probe": True})
+    compiled = None
+    if args.compile_variant:
+        # The same fine-tune with `compile: true` (lengths padded to 16s so few shapes compile), token cache warm:
+        # its samples/s count the training loop only, compilation included, so it says whether compile pays.
+        compiled = runner.run("foldstack", {**base, "model_dir": models["minilm"], "model_label": "minilm",
+                                            "params": {**foldstack_params(args), "compile": True},
+                                            "cache_dir": str(cache_dir)})
     job = [{"model_dir": models["minilm"], "model_label": "minilm", "fold": 0}]
     trainers = {variant: runner.run("trainer", {**base, "variant": variant, "runs": job, "settings": settings})
                 for variant in ("default", "tuned")}
-    return {"foldstack": foldstack, "trainer_default": trainers["default"]["runs"][0] | {
+    return {"foldstack": foldstack, "foldstack_compile": compiled, "trainer_default": trainers["default"]["runs"][0] | {
         "process_seconds": trainers["default"]["process_seconds"]}, "trainer_tuned": trainers["tuned"]["runs"][0] | {
         "process_seconds": trainers["tuned"]["process_seconds"]}}
 
@@ -630,8 +640,10 @@ def render(results: dict[str, Any], settings: dict[str, Any]) -> str:
     if a:
         default_rate = a["trainer_default"]["samples_per_second"]
         rows = []
-        for name, run in (("foldstack finetune loop", a["foldstack"]), ("HF Trainer, defaults", a["trainer_default"]),
-                          ("HF Trainer, tuned", a["trainer_tuned"])):
+        variants = [("foldstack finetune loop", a["foldstack"]),
+                    ("foldstack finetune loop, torch.compile", a.get("foldstack_compile")),
+                    ("HF Trainer, defaults", a["trainer_default"]), ("HF Trainer, tuned", a["trainer_tuned"])]
+        for name, run in ((name, run) for name, run in variants if run):
             train_seconds = run["timings"]["train"] if "timings" in run else run["train_seconds"]
             rows.append([name, f"{run['samples_per_second']:,.0f}", f"{run['samples_per_second'] / default_rate:.1f}x",
                          f"{train_seconds:.1f}", f"{run['process_seconds']:.1f}", f"{run['accuracy']:.3f}"])
@@ -713,6 +725,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     parser.add_argument("--out", type=Path, help="write the Markdown here (default: bench/results/gpu.md on CUDA)")
     parser.add_argument("--smoke", action="store_true", help="tiny models, a few dozen rows, 1 epoch, 2 folds")
+    parser.add_argument("--compile-variant", action=argparse.BooleanOptionalAction, default=True,
+                        help="in (a), also time foldstack's loop with torch.compile (default on)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-loop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
