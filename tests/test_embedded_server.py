@@ -1,12 +1,19 @@
 """The embedded Prefect server that `python -m flows.train` starts before its imports (flows/embedded_server.py).
 
 The flow tests that run `python -m flows.train` (test_flow_dvc, test_flow_resume) use it end to end; here:
-when it is started at all, and a real start that loses its port and moves to another.
+when it is started at all, a real start that loses its port and moves to another, and a server that stops
+when the process that started it is SIGKILLed.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +66,39 @@ def test_a_server_that_cannot_start_is_a_clear_error_with_its_output(tmp_path, m
     server.start()
     with pytest.raises(EmbeddedServerError, match="(?s)exited with code 1.*no database here"):
         server.wait_until_ready(timeout_s=30)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie that nobody reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_the_server_stops_when_its_owner_is_killed(tmp_path):
+    owner_script = ("import os, sys, time\n"
+                    "from flows.embedded_server import EmbeddedServer\n"
+                    "server = EmbeddedServer(dict(os.environ))\n"
+                    "server.start()\n"
+                    "server.wait_until_ready()\n"
+                    "print(server.process.pid, flush=True)\n"
+                    "time.sleep(120)\n")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("PREFECT_API_URL", None)
+    owner = subprocess.Popen([sys.executable, "-c", owner_script], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(owner.stdout.readline())
+        assert _alive(server_pid)
+        owner.send_signal(signal.SIGKILL)  # no atexit runs: only the kernel's parent-death signal can stop it
+        owner.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(server_pid), "the embedded server outlived the process that started it"
+    finally:
+        owner.kill()
+        owner.wait()
