@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal, Self
 import numpy as np
 
 from foldstack.config import MetaConfig
+from foldstack.models.base import check_labels
 
 META_FILE = "meta.json"
 META_FORMAT_VERSION = 1
@@ -60,17 +61,6 @@ def _check_probas(probas: Sequence[np.ndarray], n_classes: int, who: str) -> lis
             )
         checked.append(proba)
     return checked
-
-
-def _check_labels(y: np.ndarray, n_rows: int, n_classes: int, who: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.shape != (n_rows,):
-        raise ValueError(f"{who}: y has shape {y.shape}; expected ({n_rows},) to match the probabilities")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{who}: y must hold integer class codes, got dtype {y.dtype}")
-    if n_rows and (y.min() < 0 or y.max() >= n_classes):
-        raise ValueError(f"{who}: y holds codes outside 0..{n_classes - 1} (min {y.min()}, max {y.max()})")
-    return y.astype(np.int64)
 
 
 def _check_model_count(probas: list[np.ndarray], expected: int, who: str) -> None:
@@ -240,7 +230,7 @@ class LogisticStacker(MetaLearner):
         from sklearn.linear_model import LogisticRegression
 
         probas = _check_probas(probas, self.n_classes, "logreg meta-learner fit")
-        y = _check_labels(y, probas[0].shape[0], self.n_classes, "logreg meta-learner fit")
+        y = check_labels(y, probas[0].shape[0], self.n_classes, "logreg meta-learner fit")
         if np.unique(y).size < 2:
             raise ValueError("logreg meta-learner fit: y holds a single class; stacking needs at least two")
         features = self._features(probas)
@@ -297,7 +287,7 @@ class EnsembleSelection(MetaLearner):
         if self.rounds < 1:
             raise ValueError(f"ensemble_selection: rounds must be at least 1, got {self.rounds}")
         probas = _check_probas(probas, self.n_classes, "ensemble_selection fit")
-        y = _check_labels(y, probas[0].shape[0], self.n_classes, "ensemble_selection fit")
+        y = check_labels(y, probas[0].shape[0], self.n_classes, "ensemble_selection fit")
         rows = np.arange(len(y))
         # Log loss needs only each row's true-class probability, and the ensemble's true-class probability
         # is the mean of the members', so one (n_rows, n_models) matrix is all the search touches.
@@ -361,7 +351,7 @@ class WeightedMean(MetaLearner):
         if self.weighting not in self.WEIGHTINGS:
             raise ValueError(f"weighted_mean: weighting must be one of {self.WEIGHTINGS}, got {self.weighting!r}")
         probas = _check_probas(probas, self.n_classes, "weighted_mean fit")
-        y = _check_labels(y, probas[0].shape[0], self.n_classes, "weighted_mean fit")
+        y = check_labels(y, probas[0].shape[0], self.n_classes, "weighted_mean fit")
         if self.weighting == "uniform":
             weights = np.full(len(probas), 1.0 / len(probas))
         else:
@@ -407,7 +397,7 @@ class MajorityVote(MetaLearner):
         if self.smoothing <= 0.0:
             raise ValueError(f"vote: smoothing must be positive (it keeps log loss finite), got {self.smoothing}")
         probas = _check_probas(probas, self.n_classes, "vote fit")
-        _check_labels(y, probas[0].shape[0], self.n_classes, "vote fit")
+        check_labels(y, probas[0].shape[0], self.n_classes, "vote fit")
         self.n_models_ = len(probas)
         return self
 
@@ -464,7 +454,7 @@ def cross_validate_meta(
     from sklearn.model_selection import StratifiedKFold
 
     probas = _check_probas(probas, n_classes, "cross_validate_meta")
-    y = _check_labels(y, probas[0].shape[0], n_classes, "cross_validate_meta")
+    y = check_labels(y, probas[0].shape[0], n_classes, "cross_validate_meta")
     n_rows = len(y)
     class_counts = np.bincount(y, minlength=n_classes)
     n_splits = min(cfg.cv_folds, int(class_counts.max()))

@@ -64,5 +64,21 @@ def check_proba(proba: np.ndarray, n_rows: int, n_classes: int, who: str) -> np.
     return proba / sums[:, None]
 
 
+def check_labels(y: np.ndarray, n_rows: int, n_classes: int, who: str) -> np.ndarray:
+    """`y` as int64 codes in 0..n_classes-1, one per row, or a ValueError saying what is wrong.
+
+    For what fits on class codes: the transformer kinds (one code per text) and the meta-learners (one per
+    row of the base models' probabilities).
+    """
+    y = np.asarray(y)
+    if y.shape != (n_rows,):
+        raise ValueError(f"{who}: y has shape {y.shape}; expected ({n_rows},), one class code per row")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{who}: y must hold integer class codes, got dtype {y.dtype}")
+    if n_rows and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"{who}: y holds codes outside 0..{n_classes - 1} (min {y.min()}, max {y.max()})")
+    return y.astype(np.int64)
+
+
 def params_dict(params: ModelParams) -> dict[str, Any]:
     return params.model_dump(mode="json")

@@ -24,13 +24,12 @@ from pydantic import Field
 from foldstack.errors import BundleError, DataError
 from foldstack.fsutil import load_array, save_array
 from foldstack.models import register_model
-from foldstack.models.base import ModelContext, ModelParams
+from foldstack.models.base import ModelContext, ModelParams, check_labels
 from foldstack.models.hf import (
     DEFAULT_EMBEDDING_MODEL,
     RaggedArray,
     SentenceEncoder,
     TextArrayStore,
-    check_labels,
     model_identity,
     restore_model,
     write_model_json,

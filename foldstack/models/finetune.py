@@ -40,13 +40,12 @@ from pydantic import Field
 
 from foldstack.errors import DataError, FoldstackError
 from foldstack.models import register_model
-from foldstack.models.base import ModelContext, ModelParams
+from foldstack.models.base import ModelContext, ModelParams, check_labels
 from foldstack.models.hf import (
     DEFAULT_EMBEDDING_MODEL,
     RaggedArray,
     attention_mask_4d,
     cached_tokenize,
-    check_labels,
     configure_torch_for_device,
     length_grouped_batches,
     load_tokenizer,

@@ -472,18 +472,6 @@ def _version(package: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Inputs and saved files
 # --------------------------------------------------------------------------------------------------
-def check_labels(y: np.ndarray, n_rows: int, n_classes: int, who: str) -> np.ndarray:
-    """`y` as int64 codes in 0..n_classes-1, one per text, or a ValueError saying what is wrong."""
-    y = np.asarray(y)
-    if y.shape != (n_rows,):
-        raise ValueError(f"{who}: y has shape {y.shape}; expected ({n_rows},), one int code per text")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{who}: y must hold int class codes, got dtype {y.dtype}")
-    if n_rows and (y.min() < 0 or y.max() >= n_classes):
-        raise ValueError(f"{who}: y holds codes outside 0..{n_classes - 1} (min {y.min()}, max {y.max()})")
-    return y.astype(np.int64)
-
-
 def read_model_json(directory: Path, kind: str, format_version: int) -> dict[str, Any]:
     """The `model.json` of a saved model of `kind`, or a BundleError naming what does not match."""
     path = Path(directory) / "model.json"
