@@ -19,15 +19,16 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test venv demo-data bench clean
+.PHONY: run test venv demo-data bench clean constraints
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
 	# ray: the Ray executor is tested too (tests/test_flow.py), not only documented.
-	$(PIP) install -q -e ".[dev,pretrained,ray]"
+	# constraints.txt: the tested resolution, so unpinned transitive dependencies cannot move under a fresh machine.
+	$(PIP) install -q -c constraints.txt -e ".[dev,pretrained,ray]"
 	touch $@
 
 data/demo/reviews.csv: | venv
@@ -42,6 +43,7 @@ run: venv data/demo/reviews.csv
 	@cat artifacts/eval/leaderboard.md
 
 test: venv
+	$(PIP) check
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled $(VENV)/bin/pytest -q
 
 bench: venv
@@ -49,3 +51,8 @@ bench: venv
 
 clean:
 	rm -rf artifacts .cache .prefect .wandb reports
+
+# Re-resolve after a change to pyproject.toml: the venv's resolution becomes the new constraints.txt.
+constraints: venv
+	{ sed -n 1,2p constraints.txt; $(PIP) freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton)'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
