@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from foldstack.config import DEFAULT_PARAMS_FILE, load_config
+from foldstack.doctor import diagnose
 from foldstack.errors import FoldstackError
 from foldstack.process_exit import skip_final_garbage_collection
 
@@ -74,8 +75,12 @@ class ProgressReporter:
             p.console.log(f"data {info['data_hash']}: {info['n_train']} training rows, {info['n_holdout']} holdout, "
                           f"classes {info['train_class_counts']}")
         elif event == "folds":
+            grouping = info["grouping"]
             p.console.log(f"folds {info['hash']}: k={info['k']} x {info['repeats']} repeat(s), "
-                          f"{info['n_groups']} text groups")
+                          f"{grouping.get('n_groups', info['n_rows'])} overlap groups "
+                          f"({grouping.get('rows_in_multi_row_groups', 0)} rows share a group)")
+            if "warning" in grouping:
+                p.console.log(f"[yellow]warning:[/yellow] {grouping['warning']}")
         elif event == "plan":
             if info["skipped"]:
                 p.console.log(f"resume: {info['skipped']} of {info['total']} fold trainings already done "
@@ -188,6 +193,18 @@ def list_models() -> None:
         cls = model_class(kind)
         table.add_row(kind, ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items()))
     out.print(table)
+
+
+@app.command()
+def doctor(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """What a run here would use: torch build, CUDA, cuDNN, devices, GPU and CPU slots, pretrained packages."""
+    report = diagnose(_config(params, set_), params=str(params))
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    for line in report.lines():
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------- stages

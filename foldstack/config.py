@@ -53,10 +53,31 @@ class SplitConfig(_Section):
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9)
 
 
+class GroupingConfig(_Section):
+    """Which overlapping texts share a group (kept whole by the folds and the holdout split); see grouping.py."""
+
+    exact: bool = Field(True, description="texts equal up to case, punctuation and spacing")
+    containment: bool = Field(True, description="a text found, at word boundaries, inside a longer one joins it")
+    near_duplicates: bool = Field(True, description="word-shingle Jaccard >= jaccard_threshold (MinHash LSH)")
+    min_contained_tokens: int = Field(3, ge=1, description="shorter texts never attach to a container: generic "
+                                                           "phrases ('the film') would chain unrelated texts")
+    jaccard_threshold: float = Field(0.7, gt=0.0, le=1.0, description="near-duplicate similarity threshold")
+    shingle_tokens: int = Field(2, ge=1, le=10, description="words per shingle for near-duplicates")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (more: a tighter estimate)")
+
+
 class FoldsConfig(_Section):
     k: int = Field(5, ge=2, le=50)
     repeats: int = Field(1, ge=1, le=20)
-    group_near_duplicates: bool = True
+    grouping: GroupingConfig = Field(default_factory=GroupingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "group_near_duplicates" in raw:
+            raise ValueError("group_near_duplicates was replaced by folds.grouping "
+                             "(exact / containment / near_duplicates, each true or false)")
+        return raw
 
 
 class BaseModelSpec(_Section):

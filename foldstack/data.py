@@ -8,6 +8,7 @@ file, the column and the first offending rows.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -20,10 +21,12 @@ import pandas as pd
 from foldstack.config import Config, DataConfig
 from foldstack.errors import DataError
 from foldstack.fsutil import sha256_file, sha256_json
+from foldstack.grouping import group_texts
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
            ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _MAX_EXAMPLES = 5
+log = logging.getLogger("foldstack")
 
 
 def detect_format(path: Path, declared: str = "auto") -> str:
@@ -160,20 +163,6 @@ def load_labelled(path: Path, cfg: DataConfig) -> pd.DataFrame:
     return clean_frame(read_table(path, cfg.format), cfg, path)
 
 
-def near_duplicate_key(text: str) -> str:
-    """Texts equal after case-folding and dropping everything but letters and digits are near-duplicates.
-
-    Cheap and deterministic; it catches re-posts that differ in case, punctuation, spacing or emoji.
-    """
-    return "".join(ch for ch in text.casefold() if ch.isalnum())
-
-
-def group_ids(texts: pd.Series | list[str]) -> np.ndarray:
-    """An integer group per row; near-duplicates share a group (numbered by first appearance)."""
-    keys = pd.Series([near_duplicate_key(t) for t in texts])
-    return pd.factorize(keys)[0].astype(np.int64)
-
-
 @dataclass(frozen=True)
 class LabelMap:
     """Sorted labels; a label's code is its index. Ints sort numerically, strings lexically."""
@@ -220,6 +209,7 @@ class Snapshot:
     holdout: pd.DataFrame  # columns row, text, label (int code)
     label_map: LabelMap
     source_sha256: str
+    grouping: dict[str, Any] = field(default_factory=dict)  # statistics of the training rows' overlap groups
     data_hash: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -247,6 +237,7 @@ class Snapshot:
             "train_class_counts": counts(self.train),
             "holdout_class_counts": counts(self.holdout),
             "mean_text_chars": float(self.train["text"].str.len().mean()),
+            "grouping": self.grouping,
         }
 
     def save(self, directory: Path) -> None:
@@ -263,6 +254,7 @@ class Snapshot:
             holdout=pd.read_parquet(directory / "holdout.parquet"),
             label_map=LabelMap.from_json(meta["labels"]),
             source_sha256=meta["source_sha256"],
+            grouping=meta.get("grouping", {}),
         )
         if snap.data_hash != meta["data_hash"]:
             raise DataError(f"{directory}: snapshot files do not match the hash in snapshot.json; rerun validate")
@@ -270,7 +262,7 @@ class Snapshot:
 
 
 def _stratified_group_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of holdout rows: whole near-duplicate groups, stratified by each group's label."""
+    """Boolean mask of holdout rows: whole overlap groups, stratified by each group's label."""
     from sklearn.model_selection import train_test_split
 
     frame = pd.DataFrame({"label": labels, "group": groups})
@@ -292,20 +284,26 @@ def build_snapshot(cfg: Config) -> Snapshot:
         frame = frame.sample(n=dcfg.max_rows, random_state=cfg.seed).sort_values("row").reset_index(drop=True)
     source_sha = sha256_file(path)
 
+    grouping = cfg.folds.grouping
     if dcfg.test_path:
         test_path = cfg.resolve_path(dcfg.test_path)
         test = load_labelled(test_path, dcfg)
         source_sha = sha256_json([source_sha, sha256_file(test_path)])
         train = frame
+        train_groups = group_texts(train["text"], grouping)
     else:
-        groups = group_ids(frame["text"])
         label_map = LabelMap.from_values(frame["label"])
         if len(label_map.labels) < 2:
             raise DataError(f"{path}: column {dcfg.label_column!r} has a single class {label_map.names}; "
                             f"a classifier needs at least two")
-        mask = _stratified_group_holdout(label_map.encode(frame["label"], str(path)), groups,
+        all_groups = group_texts(frame["text"], grouping)
+        mask = _stratified_group_holdout(label_map.encode(frame["label"], str(path)), all_groups.groups,
                                          cfg.split.holdout_fraction, cfg.seed)
         train, test = frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
+        _check_split_kept_every_class(frame, mask, all_groups.groups, label_map, path, dcfg.label_column)
+        # The training rows' groups are the full file's, renumbered by first appearance.
+        all_groups.groups = pd.factorize(all_groups.groups[~mask])[0].astype(np.int64)
+        train_groups = all_groups
 
     label_map = LabelMap.from_values(train["label"])
     if len(label_map.labels) < 2:
@@ -322,5 +320,22 @@ def build_snapshot(cfg: Config) -> Snapshot:
             f"{path}: too few training rows for folds.k={cfg.folds.k}: {desc} (each class needs at least k rows); "
             f"lower folds.k or add data"
         )
-    train = train.assign(group=group_ids(train["text"]))
-    return Snapshot(train=train, holdout=test, label_map=label_map, source_sha256=source_sha)
+    train = train.assign(group=train_groups.groups)
+    stats = train_groups.stats(cfg.folds.k)
+    if "warning" in stats:
+        log.warning("%s: %s", path, stats["warning"])
+    return Snapshot(train=train, holdout=test, label_map=label_map, source_sha256=source_sha, grouping=stats)
+
+
+def _check_split_kept_every_class(frame: pd.DataFrame, mask: np.ndarray, groups: np.ndarray, label_map: LabelMap,
+                                  path: Path, label_column: str) -> None:
+    """A class whose rows all went to the holdout (its overlap groups are few) gets its own message."""
+    in_train = set(frame.loc[~mask, "label"])
+    for label in label_map.labels:
+        if label not in in_train:
+            rows = (frame["label"] == label).to_numpy()
+            n_groups = len(np.unique(groups[rows]))
+            raise DataError(
+                f"{path}: every row of class {str(label)!r} in column {label_column!r} ({int(rows.sum())} rows in "
+                f"{n_groups} overlap group(s)) went to the holdout, since groups are kept whole; add rows of that "
+                f"class, lower split.holdout_fraction, or relax folds.grouping")

@@ -1,7 +1,7 @@
 """`FoldStackClassifier`: the stacking machinery as a scikit-learn estimator.
 
 It fits on in-memory texts and labels with no holdout (scikit-learn's own model selection tools do that):
-the same fold assignment (stratified, near-duplicates grouped), the same base models, the same OOF
+the same fold assignment (stratified, overlapping texts grouped), the same base models, the same OOF
 collection and meta-learners as the pipeline.
 
     clf = FoldStackClassifier(base_models=[{"name": "lr", "kind": "tfidf_lr"}], k=5).fit(texts, labels)
@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from foldstack.config import BaseModelSpec, MetaConfig
-from foldstack.data import LabelMap, group_ids, normalise_text
+from foldstack.config import BaseModelSpec, GroupingConfig, MetaConfig
+from foldstack.data import LabelMap, normalise_text
 from foldstack.ensemble import StackedPredictor, fill_oof, fit_fold_model
 from foldstack.folds import assign_folds
 from foldstack.fsutil import derive_seed, sha256_json
+from foldstack.grouping import group_texts
 from foldstack.models.base import ModelContext
 
 
@@ -33,7 +34,7 @@ class FoldStackClassifier(ClassifierMixin, BaseEstimator):
     base_models : list of dicts ``{"name", "kind", "params"}`` (as in params.yaml's ``base_models``).
     meta : dict of ``MetaConfig`` fields, e.g. ``{"kind": "logreg", "C": 1.0}``.
     k, repeats : folds and repeats of the OOF cross-fitting.
-    group_near_duplicates : keep near-duplicate texts in one fold.
+    grouping : dict of ``GroupingConfig`` fields: which overlapping texts share a fold (default: all kinds).
     seed : seeds the folds and every model (through each fold's identity).
     device : given to the base models ("cpu", "cuda", "cuda:N").
     cache_dir : embedding/token caches of the transformer kinds.
@@ -41,13 +42,13 @@ class FoldStackClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, base_models: Sequence[dict[str, Any]] = ({"name": "tfidf_lr", "kind": "tfidf_lr"},),
                  meta: dict[str, Any] | None = None, k: int = 5, repeats: int = 1,
-                 group_near_duplicates: bool = True, seed: int = 0, device: str = "cpu",
+                 grouping: dict[str, Any] | None = None, seed: int = 0, device: str = "cpu",
                  cache_dir: str | None = None):
         self.base_models = base_models
         self.meta = meta
         self.k = k
         self.repeats = repeats
-        self.group_near_duplicates = group_near_duplicates
+        self.grouping = grouping
         self.seed = seed
         self.device = device
         self.cache_dir = cache_dir
@@ -67,7 +68,7 @@ class FoldStackClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = np.array(self.label_map_.labels, dtype=object)
         codes = self.label_map_.encode(labels, "y")
         n_classes = len(self.classes_)
-        groups = group_ids(texts) if self.group_near_duplicates else np.arange(len(texts))
+        groups = group_texts(texts, GroupingConfig.model_validate(self.grouping or {})).groups
         folds = assign_folds(codes, groups, self.k, self.repeats, self.seed, n_classes)
         cache = Path(self.cache_dir) if self.cache_dir else None
         members: dict[str, list] = {}

@@ -1,7 +1,8 @@
 """One stratified, group-aware fold assignment shared by every base model.
 
-Near-duplicate texts (see `data.group_ids`) share a group, and a group never straddles the training and
-validation parts of a fold, so a memorising model cannot score its own copies out of fold.
+Overlapping texts (exact copies, contained texts, near-duplicates: see `foldstack.grouping`) share a group,
+and a group never straddles the training and validation parts of a fold, so a memorising model cannot score
+its own copies out of fold.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int, repeats: int, s
 
     labels = np.asarray(labels)
     groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_groups < k:
+        raise DataError(f"the {len(labels)} training rows form only {n_groups} overlap group(s), fewer than "
+                        f"folds.k={k}: lower folds.k, add distinct texts, or relax folds.grouping")
     folds = np.full((repeats, len(labels)), -1, dtype=np.int64)
     for r in range(repeats):
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed + 1000 * r)
@@ -97,6 +102,6 @@ def _check_every_class_in_every_training_part(assignment: FoldAssignment, labels
         if (present == 0).any():
             raise DataError(
                 f"fold {f} of repeat {r}: its training part has no row of class code(s) "
-                f"{np.flatnonzero(present == 0).tolist()} (near-duplicate groups too large for folds.k="
+                f"{np.flatnonzero(present == 0).tolist()} (overlap groups too large for folds.k="
                 f"{assignment.k}); lower folds.k"
             )

@@ -103,14 +103,12 @@ def validate(cfg: Config) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ folds
 def make_folds(cfg: Config) -> dict[str, Any]:
     snapshot = load_snapshot(cfg)
-    groups = snapshot.train["group"].to_numpy() if cfg.folds.group_near_duplicates else \
-        np.arange(len(snapshot.train))
-    assignment = assign_folds(snapshot.train["label"].to_numpy(), groups, cfg.folds.k, cfg.folds.repeats,
-                              cfg.seed, snapshot.n_classes)
+    assignment = assign_folds(snapshot.train["label"].to_numpy(), snapshot.train["group"].to_numpy(),
+                              cfg.folds.k, cfg.folds.repeats, cfg.seed, snapshot.n_classes)
     with atomic_directory(Layout.of(cfg).folds) as tmp:
         assignment.save(tmp)
     return {"hash": assignment.hash, "k": assignment.k, "repeats": assignment.repeats,
-            "n_groups": int(len(np.unique(assignment.group))), "n_rows": assignment.n_rows}
+            "n_rows": assignment.n_rows, "grouping": snapshot.grouping}
 
 
 # ------------------------------------------------------------------------------------------- fold tasks

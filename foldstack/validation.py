@@ -243,6 +243,10 @@ class GateReport:
                          f"{where}: {count}{outcome.detail}")
             for example in outcome.examples:
                 lines.append("      " + ", ".join(f"{k}={_preview(v)}" for k, v in example.items()))
+            if outcome.severity == "error" and outcome.rule in _RELAXABLE_RULES:
+                lines.append(f"      (public benchmark sets often break this rule; to report it without stopping "
+                             f"the run set validation.severity.{outcome.rule}: warn, or pass "
+                             f"--set validation.severity.{outcome.rule}=warn)")
         if unevaluated:
             lines.append(f"  ({len(unevaluated)} rule(s) could not be evaluated: "
                          f"{', '.join(sorted({o.rule for o in unevaluated}))} — see the missing columns above)")
@@ -253,6 +257,11 @@ class GateReport:
         if self.data_docs:
             lines.append(f"  Data Docs: {self.data_docs} (styles load from CDNs; offline, read validation.md)")
         return "\n".join(lines)
+
+
+# Rules about the data's quality rather than its shape: a user may knowingly accept breaking them.
+_RELAXABLE_RULES = frozenset({"holdout_not_in_training", "consistent_labels", "max_duplicate_share",
+                              "min_class_share", "row_count"})
 
 
 def _preview(value: Any) -> str:

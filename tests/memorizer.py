@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from foldstack.data import near_duplicate_key
+from foldstack.grouping import exact_key
 from foldstack.models import register_model
 from foldstack.models.base import ModelContext, ModelParams
 
@@ -30,14 +30,14 @@ class Memorizer:
         self.context = context
 
     def fit(self, texts, y):
-        self.memory_ = {near_duplicate_key(t): int(label) for t, label in zip(texts, y, strict=True)}
+        self.memory_ = {exact_key(t): int(label) for t, label in zip(texts, y, strict=True)}
         return self
 
     def predict_proba(self, texts):
         c = self.context.n_classes
         out = np.full((len(texts), c), 1.0 / c)
         for i, t in enumerate(texts):
-            if (label := self.memory_.get(near_duplicate_key(t))) is not None:
+            if (label := self.memory_.get(exact_key(t))) is not None:
                 out[i] = np.eye(c)[label]
         return out
 

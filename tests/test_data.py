@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from foldstack.config import load_config
-from foldstack.data import LabelMap, build_snapshot, group_ids, read_table
+from foldstack.config import GroupingConfig
+from foldstack.data import LabelMap, build_snapshot, read_table
+from foldstack.grouping import group_texts
 from foldstack.errors import DataError
 from tests.conftest import write_params
 
@@ -123,7 +125,7 @@ def test_holdout_is_stratified_and_keeps_near_duplicates_together(tmp_path):
 
 
 def test_group_ids_and_label_map_roundtrip():
-    assert group_ids(["Hello, World", "hello world!", "other"]).tolist() == [0, 0, 1]
+    assert group_texts(["Hello, World", "hello world!", "other"], GroupingConfig()).groups.tolist() == [0, 0, 1]
     lm = LabelMap.from_values(pd.Series(["b", "a", "b"]))
     assert lm.decode(lm.encode(pd.Series(["a", "b"]), "x")) == ["a", "b"]
     assert LabelMap.from_json(lm.to_json()) == lm
