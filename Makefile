@@ -4,9 +4,29 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# The CPU build of torch: install it first so that nothing pulls the multi-GB CUDA build.
-TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl))
-TORCH_SPEC := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
+# torch is installed first, in the build TORCH names, so that the project install finds torch==2.13.0 already there:
+#   TORCH=cpu (default): the CPU build, from the local wheel when there is one; nothing pulls the multi-GB CUDA build.
+#   TORCH=cuda: the CUDA build of the same version from PyTorch's index for CUDA_FLAVOUR (README 'On a GPU machine').
+# The local version label (+cpu, +cu128) is pinned: a bare ==2.13.0 is satisfied by either build, so switching
+# TORCH would keep the installed one.
+# The build a venv was made with is kept by later `make run` / `make test` (read from its stamp, below).
+INSTALLED_CUDA_FLAVOUR := $(patsubst $(VENV)/.torch-%,%,$(firstword $(wildcard $(VENV)/.torch-cu*)))
+TORCH ?= $(if $(INSTALLED_CUDA_FLAVOUR),cuda,cpu)
+TORCH_VERSION := 2.13.0
+CUDA_FLAVOUR ?= $(or $(INSTALLED_CUDA_FLAVOUR),cu128)
+TORCH_INDEX ?= https://download.pytorch.org/whl
+TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-$(TORCH_VERSION)+cpu-*.whl))
+ifeq ($(TORCH),cpu)
+TORCH_FLAVOUR := cpu
+TORCH_SPEC := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==$(TORCH_VERSION)+cpu --index-url $(TORCH_INDEX)/cpu)
+else ifeq ($(TORCH),cuda)
+TORCH_FLAVOUR := $(CUDA_FLAVOUR)
+TORCH_SPEC := torch==$(TORCH_VERSION)+$(CUDA_FLAVOUR) --index-url $(TORCH_INDEX)/$(CUDA_FLAVOUR)
+else
+$(error TORCH must be cpu or cuda, got '$(TORCH)')
+endif
+# Which build is in the venv: a different TORCH (or CUDA_FLAVOUR) has no stamp yet, so torch is installed again.
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_FLAVOUR)
 
 # Keep every tool offline and its state inside the project.
 export PREFECT_HOME := $(CURDIR)/.prefect
@@ -22,10 +42,16 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: run test venv demo-data bench clean constraints
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(TORCH_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_SPEC)
+	rm -f $(VENV)/.torch-*
+	# A venv made before these stamps may hold this very build already: keep it instead of reinstalling.
+	$(PY) -c "from importlib.metadata import version; exit(version('torch') != '$(TORCH_VERSION)+$(TORCH_FLAVOUR)')" \
+		2>/dev/null || $(PIP) install -q $(TORCH_SPEC)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml constraints.txt $(TORCH_STAMP)
 	# ray: the Ray executor is tested too (tests/test_flow.py), not only documented.
 	# constraints.txt: the tested resolution, so unpinned transitive dependencies cannot move under a fresh machine.
 	$(PIP) install -q -c constraints.txt -e ".[dev,pretrained,ray]"
