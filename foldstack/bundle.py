@@ -90,7 +90,9 @@ def write_bundle(cfg: Config, layout: Layout) -> Path:
             "data_hash": snapshot.data_hash,
             "fold_hash": folds.hash,
             "base_models": base_entries,
-            "meta": {"kind": cfg.meta.kind, "path": "meta"},
+            # The fitted kind: with meta.kind auto, the one the CV chose.
+            "meta": {"kind": read_json(layout.stack / "meta_cv.json")["kind"], "requested": cfg.meta.kind,
+                     "path": "meta"},
             "metrics": metrics,
             "files": files,
         }

@@ -322,6 +322,8 @@ def build_snapshot(cfg: Config) -> Snapshot:
         )
     train = train.assign(group=train_groups.groups)
     stats = train_groups.stats(cfg.folds.k)
+    log.info("overlap groups of %d training rows: %d groups, %s links, in %s", len(train), stats["n_groups"],
+             stats["links"], ", ".join(f"{kind} {s:.2f}s" for kind, s in train_groups.seconds.items()))
     if "warning" in stats:
         log.warning("%s: %s", path, stats["warning"])
     return Snapshot(train=train, holdout=test, label_map=label_map, source_sha256=source_sha, grouping=stats)

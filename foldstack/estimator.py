@@ -56,7 +56,7 @@ class FoldStackClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: Sequence[str], y: Sequence[Any]) -> FoldStackClassifier:
         from pathlib import Path
 
-        from foldstack.meta import make_meta
+        from foldstack.meta import make_meta, select_meta
 
         texts = [normalise_text(str(t)) for t in X]
         labels = pd.Series(list(y))
@@ -86,7 +86,9 @@ class FoldStackClassifier(ClassifierMixin, BaseEstimator):
                 members[spec.name].append(model)
             oofs.append(fill_oof(folds.repeats, len(texts), n_classes, pieces, spec.name).mean(axis=0))
         self.oof_ = dict(zip([s.name for s in specs], oofs, strict=True))
-        meta = make_meta(meta_cfg, n_classes, derive_seed(self.seed, "meta")).fit(oofs, codes)
+        meta_seed = derive_seed(self.seed, "meta")
+        self.meta_selection_ = select_meta(meta_cfg, oofs, codes, n_classes, meta_seed, folds.group)
+        meta = make_meta(self.meta_selection_.config, n_classes, meta_seed).fit(oofs, codes)
         self.predictor_ = StackedPredictor(members, meta, n_classes)
         self.n_features_in_ = 1
         return self

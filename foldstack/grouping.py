@@ -92,8 +92,7 @@ class GroupingResult:
             "largest_group_share": round(largest / n, 4) if n else 0.0,
             "rows_in_multi_row_groups": int(sizes[sizes > 1].sum()),
             "links": dict(self.links),
-            "seconds": {name: round(s, 3) for name, s in self.seconds.items()},
-        }
+        }  # no timings: this goes into snapshot.json, which must be byte-identical for the same data
         if k is not None and n and largest > n / k:
             stats["warning"] = (
                 f"the largest overlap group holds {largest} of {n} rows ({largest / n:.0%}), more than one "

@@ -280,22 +280,28 @@ def load_base_predictions(cfg: Config) -> tuple[list[str], list[np.ndarray], lis
 
 # ------------------------------------------------------------------------------------------------ stack
 def stack(cfg: Config) -> dict[str, Any]:
-    """Fit the meta-learner on the OOF matrices; estimate its quality by CV on the OOF; predict the holdout."""
-    from foldstack.meta import cross_validate_meta, make_meta
+    """Choose (meta.kind auto) and fit the meta-learner on the OOF matrices; estimate its quality by CV on
+    the OOF, keeping the folds' overlap groups whole; predict the holdout."""
+    from foldstack.meta import make_meta, select_meta
 
     snapshot = load_snapshot(cfg)
+    groups = load_folds(cfg).group
     names, oofs, holdouts = load_base_predictions(cfg)
     y = snapshot.train["label"].to_numpy()
     meta_seed = derive_seed(cfg.seed, "meta")
-    cv = cross_validate_meta(cfg.meta, oofs, y, snapshot.n_classes, meta_seed)
-    meta = make_meta(cfg.meta, snapshot.n_classes, meta_seed).fit(oofs, y)
+    selection = select_meta(cfg.meta, oofs, y, snapshot.n_classes, meta_seed, groups)
+    meta = make_meta(selection.config, snapshot.n_classes, meta_seed).fit(oofs, y)
     holdout_proba = _checked(meta.predict_proba(holdouts), len(snapshot.holdout), snapshot.n_classes, "meta")
+    summary = {"kind": selection.config.kind, "requested": cfg.meta.kind, "reason": selection.reason,
+               "base_models": names, "cv": selection.cv, "candidates": selection.candidates}
     with atomic_directory(Layout.of(cfg).stack) as tmp:
         (tmp / "meta").mkdir()
         meta.save(tmp / "meta")
         save_array(tmp / "holdout_proba.npy", holdout_proba)
-        write_json(tmp / "meta_cv.json", {"kind": cfg.meta.kind, "base_models": names, "cv": cv})
-    return {"kind": cfg.meta.kind, "base_models": names, "cv": cv}
+        # The meta-learner's own out-of-fold predictions: what the leakage diagnostics compare to the holdout.
+        save_array(tmp / "meta_cv_proba.npy", selection.held_out_proba)
+        write_json(tmp / "meta_cv.json", summary)
+    return summary
 
 
 # --------------------------------------------------------------------------------------------- evaluate
@@ -325,26 +331,64 @@ def holdout_reports(cfg: Config) -> tuple[dict[str, dict], dict[str, str], dict[
 
 
 def evaluate(cfg: Config) -> dict[str, Any]:
+    """Holdout metrics of every model, the leakage diagnostics (OOF vs holdout), the leaderboard and plots."""
+    from foldstack import leakage
     from foldstack.metrics import flat_metrics, leaderboard, leaderboard_markdown
 
     layout = Layout.of(cfg)
     snapshot = load_snapshot(cfg)
     reports, roles, probas = holdout_reports(cfg)
-    meta_cv = read_json(layout.stack / "meta_cv.json")["cv"]
+    stacked = read_json(layout.stack / "meta_cv.json")
+    names, oofs, _ = load_base_predictions(cfg)
+    diagnosis = leakage.diagnose(dict(zip(names, oofs, strict=True)), snapshot.train["label"].to_numpy(),
+                                 probas, snapshot.holdout["label"].to_numpy(),
+                                 load_array(layout.stack / "meta_cv_proba.npy"), probas["ensemble"])
+    for warning in diagnosis["warnings"]:
+        log.warning("LEAKAGE? %s", warning)
     board = leaderboard(reports, roles)
     flat = flat_metrics(reports)
-    flat.update({f"meta_cv.{k}": float(v) for k, v in meta_cv.items() if isinstance(v, (int, float))})
+    flat.update({f"meta_cv.{k}": float(v) for k, v in stacked["cv"].items() if isinstance(v, (int, float))})
+    flat.update(leakage.flat(diagnosis))
+    grouping = snapshot.grouping
+    flat.update({f"grouping.{k}": float(grouping[k]) for k in
+                 ("n_groups", "largest_group", "largest_group_share", "rows_in_multi_row_groups") if k in grouping})
+    markdown = "\n".join([leaderboard_markdown(board), _meta_choice_markdown(stacked, reports),
+                          leakage.markdown(diagnosis)])
     with atomic_directory(layout.eval) as tmp:
         write_json(tmp / "metrics.json", flat)
         write_json(tmp / "reports.json", reports)
+        write_json(tmp / "leakage.json", diagnosis)
         board.to_csv(tmp / "leaderboard.csv", index=False)
-        (tmp / "leaderboard.md").write_text(leaderboard_markdown(board) + "\n")
+        (tmp / "leaderboard.md").write_text(markdown)
         if cfg.evaluate.plots:
             from foldstack.plots import write_plots
 
             write_plots(snapshot.holdout["label"].to_numpy(), probas, snapshot.label_map.names, tmp / "plots",
                         cfg.evaluate.ece_bins)
-    return {"metrics": flat, "leaderboard": board.to_dict(orient="records")}
+    return {"metrics": flat, "leaderboard": board.to_dict(orient="records"), "leakage": diagnosis,
+            "meta": {k: stacked.get(k) for k in ("kind", "requested", "reason")}}
+
+
+def _meta_choice_markdown(stacked: dict[str, Any], reports: dict[str, dict]) -> str:
+    """Which meta-learner was fitted and why; with `auto`, every candidate's CV score."""
+    line = f"**Meta-learner:** {stacked['kind']}"
+    if stacked.get("requested") == "auto":
+        line = f"**Meta-learner:** `auto` chose **{stacked['kind']}**: {stacked.get('reason', '')}"
+    lines = [line + ".", ""]
+    if stacked.get("candidates"):
+        lines += ["| candidate | CV log loss on OOF | minus best | paired SE | CV accuracy |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {kind} | {c['log_loss']:.4f} | {c['log_loss_minus_best']:+.4f} | {c['paired_se']:.4f} | "
+                  f"{c['accuracy']:.4f} |" for kind, c in stacked["candidates"].items()]
+        lines.append("")
+    mean = reports.get("baseline:weighted_mean")
+    if mean is not None:
+        ensemble = reports["ensemble"]
+        lines.append(f"On the holdout the ensemble's log loss is {ensemble['log_loss'] - mean['log_loss']:+.4f} and "
+                     f"its accuracy {ensemble['accuracy'] - mean['accuracy']:+.4f} against the plain mean of its "
+                     f"base models.")
+        lines.append("")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------- bundle

@@ -92,7 +92,7 @@ def test_statistics_and_the_too_large_group_warning():
     assert stats["rows_in_multi_row_groups"] == 7
     assert stats["n_groups"] == 4
     assert "more than one fold's share" in stats["warning"]
-    assert set(stats["seconds"]) == {"exact", "containment", "near_duplicates"}
+    assert set(stats["links"]) == {"exact", "containment", "near_duplicates"}
 
 
 def test_groups_do_not_depend_on_the_process_hash_seed(tmp_path):

@@ -267,7 +267,7 @@ def test_cross_validate_meta_never_predicts_a_row_it_was_fitted_on(monkeypatch):
             return np.full((len(rows), 2), 0.5)
 
     monkeypatch.setattr(meta_module, "make_meta", lambda cfg, n_classes, seed: SpyLearner())
-    cross_validate_meta(MetaConfig(cv_folds=5), oof, y, 2, seed=0)
+    cross_validate_meta(MetaConfig(kind="logreg", cv_folds=5), oof, y, 2, seed=0)
     assert len(fitted_rows) == 5
     every_prediction = np.concatenate(predicted_rows)
     assert sorted(every_prediction.tolist()) == row_id.tolist()  # every row held out exactly once
