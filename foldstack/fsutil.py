@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -14,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from foldstack.errors import FoldstackError
+
 COMPLETE_MARKER = "COMPLETE"
+
+log = logging.getLogger("foldstack.fsutil")
+
+
+class LockTimeout(FoldstackError):
+    """Another process held a lock for longer than this one was willing to wait."""
 
 
 def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
@@ -110,7 +119,8 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while a process with this id runs on this machine (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -131,9 +141,46 @@ def remove_stale_temporaries(directory: Path) -> int:
     for p in directory.iterdir():
         if not p.name.startswith(".") or (".tmp-" not in p.name and ".old-" not in p.name):
             continue
-        owner = p.name.rsplit(".tmp-", 1)[-1].split("-", 1)[0] if ".tmp-" in p.name else ""
-        if owner.isdigit() and _pid_alive(int(owner)):
+        owner = temporary_writer(p)
+        if owner is not None and process_alive(owner):
             continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def temporary_writer(path: Path) -> int | None:
+    """The process id in a temporary's name (`.name.tmp-<pid>-<id>`, as `atomic_directory` names them)."""
+    name = Path(path).name
+    if not name.startswith(".") or ".tmp-" not in name:
+        return None
+    owner = name.rsplit(".tmp-", 1)[-1].split("-", 1)[0]
+    return int(owner) if owner.isdigit() else None
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: Path, *, guarding: str, timeout: float = 600.0) -> Iterator[None]:
+    """Hold the inter-process lock `lock_file` (flock; released by the kernel if the holder dies).
+
+    Re-entrant within a process: a function that holds it may call others that take it again. When another
+    process holds it, say so once (naming the file, so a stuck holder can be found) and wait up to `timeout`
+    seconds; then raise LockTimeout. `guarding` says what the lock protects, for those messages.
+    """
+    from filelock import FileLock, Timeout
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_file), is_singleton=True)  # one object per path: nested takes are re-entrant
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        log.warning("waiting for the lock %s: another process is writing %s", lock_file, guarding)
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise LockTimeout(f"gave up after {timeout:.0f}s waiting for the lock {lock_file}: another process "
+                              f"is still writing {guarding}; find it with `fuser {lock_file}`") from None
+    try:
+        yield
+    finally:
+        lock.release()

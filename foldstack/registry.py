@@ -12,6 +12,15 @@ Git-native registry (the embedded default; works offline)
     one-second resolution): production is the version assigned last and not unassigned since. Promotion
     assigns the new version and unassigns the others, so `gto show`/`gto which` agree with foldstack.
 
+Several processes at once (two `registry push`, a push and a promote)
+    Every write holds the registry's lock (`<store>/.lock`, an flock the kernel drops if its holder dies):
+    choosing the next version, copying the bytes, making the tag, and the stage tags. The bytes go into a
+    temporary directory beside the versions, are verified against the bundle's manifest and renamed into
+    place; the version tag comes last and is the commit point. A killed push leaves at most a temporary or
+    an untagged directory, never a tag without bytes; `foldstack registry check` finds those (and tags whose
+    bytes were removed or modified since) and `--repair` clears them. No write removes anything but what it
+    made itself in the same call.
+
 Champion/challenger gate
     The candidate and the current production model are both scored by loading their (verified) bundles and
     predicting the current snapshot's holdout; `registry.gate_metric` decides, `registry.gate_tolerance` is
@@ -29,6 +38,8 @@ Nothing here unpickles anything: bundles are verified against their manifests be
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -47,7 +58,8 @@ from typing import TYPE_CHECKING, Any
 
 from foldstack.bundle import MANIFEST, verify_bundle
 from foldstack.errors import BundleError, FoldstackError
-from foldstack.fsutil import COMPLETE_MARKER, atomic_directory, read_json, sha256_file, sha256_json, write_json
+from foldstack.fsutil import (COMPLETE_MARKER, exclusive_lock, process_alive, read_json, sha256_file, sha256_json,
+                              temporary_writer, write_json)
 
 if TYPE_CHECKING:
     from foldstack.config import Config
@@ -57,6 +69,7 @@ log = logging.getLogger("foldstack.registry")
 
 PRODUCTION = "production"
 RECORD_PREFIX = "foldstack-record: "  # the line of a version tag's message that holds its JSON record
+LOCK_FILE = ".lock"  # in the store directory: held by every write of the registry (bytes and tags)
 LOWER_IS_BETTER = frozenset({"log_loss"})
 # Scores closer than this are equal: the same model scored twice can differ in the last bits.
 _SCORE_EPSILON = 1e-12
@@ -167,12 +180,13 @@ class GitModelRegistry:
     """Versions and the production stage of one model as GTO git tags; bundle bytes in a local store."""
 
     def __init__(self, repo: Path, model_name: str, store: Path, *, version_bump: str = "minor",
-                 push_tags: bool = False):
+                 push_tags: bool = False, lock_timeout: float = 600.0):
         self.repo = Path(repo)
         self.model_name = model_name
         self.store = Path(store)
         self.version_bump = version_bump
         self.push_tags = push_tags
+        self.lock_timeout = lock_timeout
 
     @classmethod
     def from_config(cls, cfg: Config) -> GitModelRegistry:
@@ -314,14 +328,63 @@ class GitModelRegistry:
                               f"(sha256 {expected[:12]}...); the registered bundle was modified")
         return path
 
+    def stored_problem(self, version: ModelVersion, *, verify_files: bool = False) -> tuple[str, str] | None:
+        """Why the stored bytes of `version` cannot be served - (state, detail) with state `missing`,
+        `modified` or `incomplete` - or None when they can.
+
+        Without `verify_files` the checks are cheap (the manifest is the registered one and every file it lists
+        exists: what `registry list` shows); with it every file is hashed as well (`registry check`).
+        """
+        path = self.store_path(version.version)
+        if not (path / MANIFEST).is_file():
+            return "missing", f"no bundle in {path}"
+        try:
+            self.bundle_path(version)  # the manifest is the one registered
+            listed = read_json(path / MANIFEST).get("files", {})
+        except (BundleError, ValueError) as exc:
+            return "modified", str(exc)
+        absent = sorted(rel for rel in listed if not (path / rel).is_file())
+        if absent:
+            return "incomplete", f"{path}: {len(absent)} of its files are missing ({', '.join(absent[:3])})"
+        if verify_files:
+            try:
+                verify_bundle(path)
+            except BundleError as exc:
+                return "modified", str(exc)
+        return None
+
     # ------------------------------------------------------------------------------------------- writing
-    def _next_version(self) -> str:
+    @property
+    def lock_file(self) -> Path:
+        """The lock every write of this registry holds (store directories and git tags alike)."""
+        return self.store / LOCK_FILE
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the registry's lock: writes are serialised between processes, and what the holder reads about
+        versions and stages stays true until it lets go. Re-entrant within a process."""
+        return exclusive_lock(self.lock_file, guarding=f"the {self.model_name} registry",
+                              timeout=self.lock_timeout)
+
+    def _bump(self, version: str) -> str:
         from gto.versions import SemVer
 
+        return SemVer(version).bump(**{f"bump_{self.version_bump}": True}).version
+
+    def _next_version(self) -> str:
         existing = self.versions(include_deregistered=True)  # never reuse a deregistered version's number
         if not existing:
             return {"major": "v1.0.0", "minor": "v0.1.0", "patch": "v0.0.1"}[self.version_bump]
-        return SemVer(existing[0].version).bump(**{f"bump_{self.version_bump}": True}).version
+        return self._bump(existing[0].version)
+
+    def _free_version(self) -> str:
+        """The next version number whose store directory is free as well. A directory without a tag was left by
+        an interrupted push (or copied in by hand): it is skipped, never overwritten."""
+        version = self._next_version()
+        while self.store_path(version).exists():
+            log.warning("%s has no version tag (left by an interrupted push?); registering as the next version "
+                        "instead; `foldstack registry check --repair` removes it", self.store_path(version))
+            version = self._bump(version)
+        return version
 
     def _record_commit(self, version: str, record: dict[str, Any]) -> str:
         """A commit of HEAD's tree with HEAD as parent, for this version alone (GTO: one version per commit)."""
@@ -338,22 +401,39 @@ class GitModelRegistry:
         return _git(self.repo, *args, env=env).strip()
 
     def register(self, bundle_path: Path) -> tuple[ModelVersion, bool]:
-        """Register a verified bundle as a new version; (version, created). An identical bundle (same file
-        digests) that is already registered is returned instead (a retried task registers once)."""
+        """Register a verified bundle as a new version; (version, created).
+
+        An identical bundle (same file digests) that is already registered is returned instead, with
+        created=False: a retried task, or two pushes of one bundle at once, register it once. Under the
+        registry's lock, the bytes are copied and verified first and the tag is made last (the commit point).
+        """
+        bundle_path = Path(bundle_path)
+        manifest = verify_bundle(bundle_path)  # hashed before the lock: other pushes need not wait for this
+        content_digest = sha256_json(manifest["files"])
+        with self.locked():
+            existing = self.find_by_content(content_digest)
+            if existing is not None:
+                self._ensure_stored(existing, bundle_path, content_digest)
+                return existing, False
+            version = self._free_version()
+            stored_manifest = self._store(bundle_path, version, content_digest)
+            try:
+                tag = self._tag_version(version, manifest, content_digest, stored_manifest, bundle_path)
+            except BaseException:
+                # This call made these bytes a moment ago, under the lock; unless the tag exists after all,
+                # nothing names them, so they are removed rather than left as an orphan.
+                if not self._tag_exists(f"{self.model_name}@{version}"):
+                    shutil.rmtree(self.store_path(version), ignore_errors=True)
+                raise
+            self._push(tag)
+            return self.get(version), True
+
+    def _tag_version(self, version: str, manifest: Mapping[str, Any], content_digest: str, stored_manifest: Path,
+                     bundle_path: Path) -> str:
+        """Make the version's record commit and its GTO tag; returns the tag's name."""
         import gto.api
         from gto.exceptions import GTOException
 
-        bundle_path = Path(bundle_path)
-        manifest = verify_bundle(bundle_path)
-        content_digest = sha256_json(manifest["files"])
-        existing = self.find_by_content(content_digest)
-        if existing is not None:
-            if not (self.store_path(existing.version) / MANIFEST).is_file():
-                self._store(bundle_path, existing.version)
-            return existing, False
-        version = self._next_version()
-        stored_manifest = self._store(bundle_path, version)
-        head_commit = _head(self.repo)
         metrics = {k: v for k, v in manifest.get("metrics", {}).items()
                    if k.startswith("ensemble.") and isinstance(v, (int, float)) and math.isfinite(v)}
         record = {
@@ -362,7 +442,7 @@ class GitModelRegistry:
             "fold_hash": manifest.get("fold_hash"), "labels": manifest.get("labels"),
             "base_models": [m["name"] for m in manifest.get("base_models", [])],
             "meta": manifest.get("meta", {}).get("kind"), "metrics": metrics,
-            "foldstack_version": manifest.get("foldstack_version"), "source_commit": head_commit,
+            "foldstack_version": manifest.get("foldstack_version"), "source_commit": _head(self.repo),
             "registered_from": str(bundle_path.resolve()),
             "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -376,29 +456,71 @@ class GitModelRegistry:
             gto.api.register(self.repo, self.model_name, ref=commit, version=version, message=message,
                              author=name, author_email=email)
         except GTOException as exc:
-            shutil.rmtree(self.store_path(version), ignore_errors=True)
             raise RegistryError(f"GTO could not register {self.model_name} {version}: {exc}") from exc
-        self._push(f"{self.model_name}@{version}")
-        return self.get(version), True
+        return f"{self.model_name}@{version}"
 
-    def _store(self, bundle_path: Path, version: str) -> Path:
-        """Copy the bundle into the store as `version`, naming the version in its manifest."""
-        target = self.store_path(version)
-        with atomic_directory(target) as tmp:
-            shutil.rmtree(tmp)
+    def _tag_exists(self, tag: str) -> bool:
+        try:
+            _git(self.repo, "rev-parse", "--verify", "-q", f"refs/tags/{tag}")
+        except RegistryError:
+            return False
+        return True
+
+    def _ensure_stored(self, version: ModelVersion, bundle_path: Path, content_digest: str) -> None:
+        """A push of an already registered bundle: put its bytes back if they are gone (the same files, so the
+        same version); refuse if they are there but fail verification (a person should look first)."""
+        problem = self.stored_problem(version, verify_files=True)
+        if problem is None:
+            return
+        state, detail = problem
+        if self.store_path(version.version).exists():
+            raise RegistryError(
+                f"{self.model_name} {version.version} is this bundle, but its stored copy is {state} ({detail}); "
+                f"`foldstack registry check --repair` deregisters it, then push the bundle again")
+        log.warning("%s %s is registered but its bytes were missing; storing them again from %s",
+                    self.model_name, version.version, bundle_path)
+        stored_manifest = self._store(bundle_path, version.version, content_digest)
+        expected = version.record.get("manifest_sha256")
+        if expected and sha256_file(stored_manifest) != expected:
+            shutil.rmtree(stored_manifest.parent, ignore_errors=True)  # made just now by this call
+            raise RegistryError(
+                f"{self.model_name} {version.version} has this bundle's files but a different manifest, and its "
+                f"stored copy is gone; `foldstack registry check --repair` deregisters it, then push again")
+
+    def _store(self, bundle_path: Path, version: str, content_digest: str) -> Path:
+        """Copy the bundle into the store as `version` (naming the version in its manifest): into a temporary
+        directory first, verified there, then renamed into place. Call with the lock held."""
+        final = self.store_path(version)
+        tmp = self.store / f".{version}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
             shutil.copytree(bundle_path, tmp, ignore=shutil.ignore_patterns(COMPLETE_MARKER))
             manifest = read_json(tmp / MANIFEST)
             manifest["registry_version"] = version
             manifest["registry"] = {"name": self.model_name, "version": version}
             write_json(tmp / MANIFEST, manifest)
-        verify_bundle(target)  # the copy is intact (and the manifest edit left the file digests alone)
-        return target / MANIFEST
+            copied = verify_bundle(tmp)  # the copy is intact (and the manifest edit left the file digests alone)
+            if sha256_json(copied["files"]) != content_digest:
+                raise BundleError(f"{bundle_path} changed while it was being registered; push it again")
+            try:
+                os.replace(tmp, final)  # fails rather than replace a directory that is not empty
+            except OSError as exc:
+                raise RegistryError(f"cannot put {self.model_name} {version} into {final} ({exc.strerror}); "
+                                    f"`foldstack registry check` says what is there") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # only this call's own temporary directory
+            raise
+        return final / MANIFEST
 
     def promote(self, version: str, *, reason: str, action: str = "promote") -> ModelVersion:
         """Make `version` production: assign it, then unassign every other version still in the stage.
 
         The bundle must be present and intact first: production never points at bytes that cannot be served.
+        Under the registry's lock: GTO numbers stage tags by a counter, which two writers at once would share.
         """
+        with self.locked():
+            return self._promote(version, reason=reason, action=action)
+
+    def _promote(self, version: str, *, reason: str, action: str) -> ModelVersion:
         import gto.api
         from gto.exceptions import GTOException
 
@@ -425,6 +547,10 @@ class GitModelRegistry:
 
     def rollback(self, *, reason: str = "") -> tuple[ModelVersion, ModelVersion]:
         """Put back the version production held before the current one; (from, to)."""
+        with self.locked():
+            return self._rollback(reason=reason)
+
+    def _rollback(self, *, reason: str) -> tuple[ModelVersion, ModelVersion]:
         current = self.production()
         if current is None:
             raise RegistryError(f"{self.model_name}: no version is in production, so there is nothing to roll back")
@@ -436,6 +562,88 @@ class GitModelRegistry:
         target = earlier[-1]
         self.promote(target, reason=reason or f"back from {current.version}", action="rollback")
         return current, self.get(target)
+
+    def deregister(self, version: str, *, reason: str) -> ModelVersion:
+        """Retire `version` with a GTO deregistration tag. Its tag and record stay (so its number is never
+        given out again and `git tag -d` of the deregistration tag undoes this); it leaves every stage."""
+        import gto.api
+        from gto.exceptions import GTOException
+
+        with self.locked():
+            target = self.get(version)
+            name, email = _identity(self.repo)
+            try:
+                gto.api.deregister(self.repo, self.model_name, version=target.version, message=f"deregister: {reason}",
+                                   simple=False, force=True, author=name, author_email=email)
+            except GTOException as exc:
+                raise RegistryError(f"GTO could not deregister {self.model_name} {target.version}: {exc}") from exc
+            self._push(self._newest_tag(f"{self.model_name}@{target.version}!"))
+            return target
+
+    def _newest_tag(self, prefix: str) -> str:
+        names = [t.name for t in self._tags() if t.name.startswith(prefix)]
+        return max(names, key=lambda n: (len(n), n)) if names else ""  # `...#10` after `...#9`
+
+    def check(self, *, repair: bool = False) -> list[StoreProblem]:
+        """Dangling version tags (bytes missing or failing verification), orphan store directories (no tag
+        names them) and temporaries of interrupted writes; with `repair`, each one is dealt with
+        (`StoreProblem.repair` says how).
+
+        Holds the registry's lock throughout: a push in progress has, for a moment, a directory without its
+        tag yet, which must not be taken for an orphan.
+        """
+        with self.locked():
+            problems = self._find_problems()
+            if repair:
+                production = self.production()
+                problems = [self._repair(p, production) for p in problems]
+            return problems
+
+    def _find_problems(self) -> list[StoreProblem]:
+        all_versions, _ = self._state()
+        problems = []
+        for version in sorted(all_versions.values(), key=lambda v: _semver_key(v.version)):
+            if version.deregistered:  # retired: its bytes need not be servable
+                continue
+            found = self.stored_problem(version, verify_files=True)
+            if found is not None:
+                problems.append(StoreProblem("dangling tag", version.version, f"bytes {found[0]}: {found[1]}"))
+        for entry in sorted(self.store.iterdir()) if self.store.is_dir() else []:
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.name.startswith("."):
+                if ".tmp-" in entry.name or ".old-" in entry.name:
+                    problems.append(self._temporary_problem(entry))
+                continue
+            if entry.name not in all_versions:  # deregistered versions' directories still belong to a tag
+                problems.append(StoreProblem("orphan directory", entry.name,
+                                             "no version tag names it (an interrupted push, or copied by hand)"))
+        return problems
+
+    @staticmethod
+    def _temporary_problem(entry: Path) -> StoreProblem:
+        writer = temporary_writer(entry)
+        if writer is not None and writer != os.getpid() and process_alive(writer):
+            # Registry writes hold the lock this check holds: a live writer is one that ignores the lock (an
+            # older foldstack) - or a new process that got the same id. Either way, not ours to remove.
+            return StoreProblem("temporary", entry.name, f"its writer, process {writer}, is still running",
+                                removable=False)
+        return StoreProblem("temporary", entry.name, "left by an interrupted write")
+
+    def _repair(self, problem: StoreProblem, production: ModelVersion | None) -> StoreProblem:
+        path = self.store / problem.name
+        if problem.kind == "dangling tag":
+            self.deregister(problem.name, reason=f"registry check --repair: {problem.detail}")
+            was_production = production is not None and production.version == problem.name
+            return dataclasses.replace(problem, repair="deregistered" + (
+                "; it was production: no version is in production now" if was_production else ""))
+        if not problem.removable:
+            return dataclasses.replace(problem, repair="left alone")
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        return dataclasses.replace(problem, repair="removed")
 
     def _active_in(self, stage: str) -> list[str]:
         return list(_active_assignments(self._state()[1], stage))
@@ -452,6 +660,22 @@ class GitModelRegistry:
         except RegistryError as exc:
             log.warning("tag %s was made locally but not pushed (%s); push it with `git push origin --tags`",
                         tag, exc)
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """One thing `registry check` found: a `dangling tag` (a version whose bytes are missing or fail
+    verification), an `orphan directory` (store bytes no tag names) or a `temporary` (an interrupted write)."""
+
+    kind: str
+    name: str  # the version, or the entry's name in the store directory
+    detail: str
+    removable: bool = True
+    repair: str = ""  # what `--repair` did; empty when nothing was done
+
+    @property
+    def repaired(self) -> bool:
+        return self.repair not in ("", "left alone")
 
 
 def _active_assignments(events: list[StageEvent], stage: str) -> dict[str, int]:
@@ -652,8 +876,11 @@ class WandbLinks:
     """Links of logged model artifacts into the W&B registry, with a ledger of the ones still pending.
 
     The ledger is one JSON file per link under `<tracking.dir>/foldstack-links/`, processed in creation
-    order (so the `production` alias ends where the last promotion put it). `api_factory` and `run_syncer`
-    are W&B's `wandb.Api` and `wandb sync`; tests replace them because W&B cannot be reached from CI.
+    order (so the `production` alias ends where the last promotion put it). A new entry is a new file, written
+    once (atomically), so writers never meet; `sync` rewrites entries, and holds the ledger's lock
+    (`foldstack-links/.lock`) while it does, so two syncs at once perform each link once. `api_factory` and
+    `run_syncer` are W&B's `wandb.Api` and `wandb sync`; tests replace them because W&B cannot be reached from
+    CI.
     """
 
     def __init__(self, cfg: Config, *, api_factory: Callable[[], Any] | None = None,
@@ -711,11 +938,19 @@ class WandbLinks:
         matches = [e for e in self.entries() if e.get("version") == version]
         return matches[-1] if matches else None
 
+    @property
+    def lock_file(self) -> Path:
+        return self.ledger / ".lock"  # not *.json: never read as an entry
+
     def sync(self) -> list[dict[str, Any]]:
         """Upload offline runs and perform every pending link, oldest first; returns the processed entries.
 
         A failure leaves the entry pending (with the error) and moves on: nothing is lost, `sync` can rerun.
         """
+        with exclusive_lock(self.lock_file, guarding=f"the W&B registry-link ledger {self.ledger}"):
+            return self._sync_pending()
+
+    def _sync_pending(self) -> list[dict[str, Any]]:
         processed = []
         synced_runs: set[str] = set()
         for entry in self.entries("pending"):
@@ -799,7 +1034,6 @@ def register_bundle(cfg: Config, bundle_path: Path | str | None = None, *, log_p
         if log_pipeline:
             tracker.log_pipeline()
         outcome, decision, logged_path = _register_and_gate(cfg, bundle_path)
-        outcome["decision_file"] = str(write_decision(cfg, outcome, decision))
         tracker.update_summary({f"gate/{k}": v for k, v in (decision.to_dict() if decision else {}).items()
                                 if v is not None and not isinstance(v, (list, tuple))}
                                | {"registry/version": outcome["version"], "registry/promoted": outcome["promoted"],
@@ -820,8 +1054,19 @@ def _register_and_gate(cfg: Config, bundle_path: Path) -> tuple[dict[str, Any], 
                                "promoted": False, "production_version": None, "previous_production": None,
                                "gate": None}
     if not cfg.registry.git_registry:
+        outcome["decision_file"] = str(write_decision(cfg, outcome, None))
         return outcome, None, bundle_path
     registry = GitModelRegistry.from_config(cfg)
+    # The gate and the promotion decide on what production is now: another push must not move it meanwhile.
+    with registry.locked():
+        outcome, decision, candidate_path = _register_and_gate_locked(cfg, registry, bundle_path, outcome)
+        # Written before the lock is let go, so that the file describes the newest registration.
+        outcome["decision_file"] = str(write_decision(cfg, outcome, decision))
+    return outcome, decision, candidate_path
+
+
+def _register_and_gate_locked(cfg: Config, registry: GitModelRegistry, bundle_path: Path,
+                              outcome: dict[str, Any]) -> tuple[dict[str, Any], GateDecision | None, Path]:
     version, created = registry.register(bundle_path)
     candidate_path = registry.bundle_path(version)
     production = registry.production()
@@ -913,8 +1158,9 @@ def promote_version(cfg: Config, version: str, *, reason: str = "promoted by han
                     environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`foldstack registry promote VERSION`: move production (git tags) and W&B's production alias."""
     registry = GitModelRegistry.from_config(cfg)
-    previous = registry.production()
-    target = registry.promote(version, reason=reason)
+    with registry.locked():  # `previous` is what this promotion replaced, not what another one did meanwhile
+        previous = registry.production()
+        target = registry.promote(version, reason=reason)
     unchanged = previous is not None and previous.version == target.version
     return {"version": target.version, "previous_production": previous.version if previous else None,
             "wandb": {"status": "unchanged"} if unchanged else _move_wandb_production(cfg, target.version, environ)}
@@ -972,7 +1218,8 @@ def sync_pending(cfg: Config, *, links: WandbLinks | None = None,
 
 
 __all__ = [
-    "PRODUCTION", "GateDecision", "GitModelRegistry", "ModelVersion", "RegistryError", "StageEvent", "WandbLinks",
+    "PRODUCTION", "GateDecision", "GitModelRegistry", "ModelVersion", "RegistryError", "StageEvent", "StoreProblem",
+    "WandbLinks",
     "evaluate_gate", "gate_decision", "promote_version", "register_bundle",
     "registry_target", "resolve_model", "resolve_model_version", "rollback_production", "score_bundle_on_holdout",
     "sync_pending", "write_decision",
