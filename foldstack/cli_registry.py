@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from foldstack.config import DEFAULT_PARAMS_FILE, load_config
@@ -51,30 +52,44 @@ def _gate_table(gate: dict[str, Any]) -> Table:
     return table
 
 
+# How `registry list` marks a version whose stored bytes cannot be served (at most as wide as "production").
+_BYTES_MARK = {"missing": "NO BYTES", "modified": "MODIFIED", "incomplete": "INCOMPLETE"}
+
+
 @registry_app.command("list")
 def list_versions(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
-    """Every registered version, newest first, with its stage and holdout metrics."""
-    from foldstack.registry import GitModelRegistry
+    """Every registered version, newest first, with its stage and holdout metrics; a version whose stored bytes
+    are missing or modified is marked (`registry check` verifies every file)."""
+    from foldstack.registry import PRODUCTION, GitModelRegistry
 
     cfg = _config(params, set_)
     registry = GitModelRegistry.from_config(cfg)
     production = registry.production()
     metric = cfg.registry.gate_metric
+    versions = registry.versions()
+    problems = {v.version: registry.stored_problem(v) for v in versions}
     table = Table(title=f"{registry.model_name} versions", title_justify="left")
     for column in ("version", "stage", "registered", "bundle", "data"):
         table.add_column(column, no_wrap=True)
     table.add_column(metric, justify="right", no_wrap=True)
-    for version in registry.versions():
+    for version in versions:
         is_production = production is not None and production.version == version.version
-        table.add_row(version.version, "production" if is_production else "",
-                      version.created_at.strftime("%Y-%m-%d %H:%M"), version.bundle_id or "-",
-                      str(version.record.get("data_hash") or "-")[:8], _fmt(version.metric(metric)),
-                      style="bold green" if is_production else None)
+        problem = problems[version.version]
+        # A version that cannot be served says so where its stage is (a line of its own: the table stays narrow).
+        stage = "\n".join(([PRODUCTION] if is_production else []) + ([_BYTES_MARK[problem[0]]] if problem else []))
+        table.add_row(version.version, stage, version.created_at.strftime("%Y-%m-%d %H:%M"),
+                      version.bundle_id or "-", str(version.record.get("data_hash") or "-")[:8],
+                      _fmt(version.metric(metric)),
+                      style="bold red" if problem else "bold green" if is_production else None)
     if not table.rows:
         err.print(f"no version of {registry.model_name} is registered yet: `foldstack registry push` registers "
                   f"the current bundle")
         return
     out.print(table)
+    for version, problem in problems.items():
+        if problem:
+            out.print(f"[red]{version}: bytes {problem[0]}[/red] ({escape(problem[1])}): it cannot be served; "
+                      f"`foldstack registry check` lists every problem, `--repair` deregisters it", soft_wrap=True)
 
 
 RefArg = Annotated[str, typer.Argument(help="a version (v0.2.0), 'production' or 'latest'")]
@@ -164,6 +179,38 @@ def sync(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> 
         raise typer.Exit(1)
 
 
+@registry_app.command("check")
+def check(repair: Annotated[bool, typer.Option("--repair", help="remove orphan and temporary directories; "
+                                                                 "deregister versions whose bytes are bad")] = False,
+          params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Verify the registry: version tags whose bytes are missing or modified, store directories no tag names,
+    leftovers of interrupted writes. Exit code 1 while a problem is left."""
+    from foldstack.registry import GitModelRegistry
+
+    registry = GitModelRegistry.from_config(_config(params, set_))
+    problems = registry.check(repair=repair)
+    if not problems:
+        out.print(f"no problems: {len(registry.versions())} versions of {registry.model_name}, every one with "
+                  f"verified bytes in {registry.store}", soft_wrap=True)
+        return
+    table = Table(title=f"{registry.model_name} registry check ({registry.store})", title_justify="left")
+    table.add_column("problem", no_wrap=True)
+    table.add_column("name", no_wrap=True, overflow="fold")
+    table.add_column("detail", overflow="fold")
+    if repair:
+        table.add_column("repair")
+    for problem in problems:
+        cells = [problem.kind, problem.name, problem.detail] + ([problem.repair] if repair else [])
+        table.add_row(*cells, style="green" if problem.repaired else "red")
+    out.print(table)
+    left = [p for p in problems if not p.repaired]
+    if left:
+        hint = "they were left alone" if repair else "`foldstack registry check --repair` deals with them"
+        err.print(f"{len(left)} problem{'s' if len(left) > 1 else ''} in the registry; {hint}")
+        raise typer.Exit(1)
+    out.print(f"repaired {len(problems)} problem{'s' if len(problems) > 1 else ''}")
+
+
 @registry_app.command("push")
 def push(bundle: Annotated[Path | None, typer.Option(help="the bundle (default: the pipeline's bundle)")] = None,
          log_pipeline: Annotated[bool, typer.Option(help="also log the run's metrics, tables and plots")] = True,
@@ -172,9 +219,11 @@ def push(bundle: Annotated[Path | None, typer.Option(help="the bundle (default: 
     from foldstack.registry import register_bundle
 
     result = register_bundle(_config(params, set_), bundle, log_pipeline=log_pipeline)
-    if result["version"]:
-        state = "registered" if result["created"] else "already registered as"
-        out.print(f"{state} [bold]{result['model']} {result['version']}[/bold] ({result.get('tag')})")
+    if result["version"] and result["created"]:
+        out.print(f"registered [bold]{result['model']} {result['version']}[/bold] ({result.get('tag')})")
+    elif result["version"]:
+        out.print(f"already registered as [bold]{result['model']} {result['version']}[/bold] "
+                  f"({result.get('tag')}): the same bundle, so no new version", soft_wrap=True)
     if result["gate"]:
         out.print(_gate_table(result["gate"]))
     out.print(f"production: [bold]{result['production_version'] or 'none'}[/bold]"
