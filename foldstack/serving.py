@@ -4,9 +4,12 @@
     GET  /health    the loaded model's version, labels and where it came from
     GET  /metrics   Prometheus text format: requests, latency histogram, predictions per class, model info
 
-Bad input is always a 4xx, never a 500: a body that is too large is 413, one that is not JSON is 400, a
-JSON body that breaks the schema or the limits (batch size, text length, empty text) is 422. The body is
-read with a byte cap before it is parsed, so a huge request cannot exhaust memory.
+Bad input is always a 4xx, never a 500: a body that is too large is 413, one that is not UTF-8 JSON is 400,
+a JSON body that breaks the schema or the limits (batch size, text length, a text that is only whitespace or
+not valid Unicode) is 422. Every refusal is `{"detail": "<one line>"}` naming the problem and, for a text, its
+index. The body is read with a byte cap before it is parsed, so a huge request cannot exhaust memory. The
+OpenAPI document (/openapi.json) states every answer of every endpoint, and its request schema accepts exactly
+what `parse_predict_body` accepts (tests/test_serving_contract.py holds the two to that with schemathesis).
 
 When the model is a registry reference (`production`, `latest`), a watcher thread re-resolves it every
 `reload_seconds`; when the stage moved it loads (and verifies) the new bundle beside the old one and swaps
@@ -20,15 +23,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel
 
 from foldstack.errors import FoldstackError
 
@@ -42,6 +47,19 @@ log = logging.getLogger("foldstack.serving")
 _ENDPOINTS = ("/predict", "/health", "/metrics", "/docs", "/openapi.json")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+# Every character str.isspace() counts as whitespace, which is what str.strip() (and so the model's
+# normalise_text) removes: besides ASCII whitespace, U+001C..U+001F, U+0085 NEXT LINE and the Unicode spaces.
+# The request schema's pattern and the server's check are both built from this one table, so they cannot
+# disagree; a test compares it with str.isspace over all of Unicode.
+WHITESPACE_RANGES = ((0x09, 0x0D), (0x1C, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A),
+                     (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000))
+# "Holds a character that is not whitespace", in the \uXXXX syntax that ECMA-262 (JSON Schema's regex
+# dialect), Python's re and Rust's regex all read the same way.
+TEXT_PATTERN = "[^" + "".join(f"\\u{lo:04x}" if lo == hi else f"\\u{lo:04x}-\\u{hi:04x}"
+                              for lo, hi in WHITESPACE_RANGES) + "]"
+_HAS_CONTENT = re.compile(TEXT_PATTERN)
 
 
 class InputError(FoldstackError):
@@ -69,32 +87,136 @@ class ServingLimits:
         return self.max_batch * (self.max_text_chars * 12 + 8) + 1024
 
 
+# ------------------------------------------------------------------------------------------- wire format
+# What the endpoints answer, as pydantic models so the OpenAPI document states it and FastAPI checks the
+# answers against it.
+class ErrorDetail(BaseModel):
+    """Every answer that is not a 200: one line saying what is wrong (for a text, its index in "texts")."""
+
+    detail: str
+
+
+class Prediction(BaseModel):
+    label: str | int
+    probabilities: dict[str, float]
+
+
+class PredictResult(BaseModel):
+    model_version: str
+    labels: list[str | int]
+    predictions: list[Prediction]
+
+
+class LimitsReport(BaseModel):
+    max_batch: int
+    max_text_chars: int
+
+
+class HealthReport(BaseModel):
+    status: Literal["ok"]
+    model_version: str
+    bundle_id: str | None
+    labels: list[str | int]
+    source: str
+    loaded_at: str
+    limits: LimitsReport
+
+
+def predict_request_schema(limits: ServingLimits) -> dict[str, Any]:
+    """The JSON schema of a /predict body: exactly what `parse_predict_body` accepts."""
+    return {
+        "type": "object", "required": ["texts"], "additionalProperties": False,
+        "properties": {"texts": {
+            "type": "array", "minItems": 1, "maxItems": limits.max_batch,
+            "items": {"type": "string", "minLength": 1, "maxLength": limits.max_text_chars, "pattern": TEXT_PATTERN,
+                      "description": "Valid Unicode (no unpaired surrogate) holding at least one character "
+                                     "that is not whitespace (as Python's str.isspace counts it)"}}},
+    }
+
+
+def _refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    meaning = {
+        400: "The body is not UTF-8 JSON",
+        413: "The body is larger than the limits allow (see /health)",
+        422: "The JSON breaks the request schema or the limits: what and, for a text, which index",
+        500: "A bug in the service, never the client's input (e.g. the model failed on texts it accepted); "
+             "the service log has the traceback",
+    }
+    return {status: {"model": ErrorDetail, "description": meaning[status]} for status in statuses}
+
+
 def parse_predict_body(body: bytes, limits: ServingLimits) -> list[str]:
-    """The texts of a /predict body, or an InputError (400 not JSON, 422 wrong shape or out of limits)."""
+    """The texts of a /predict body, or an InputError (400 not UTF-8 JSON, 422 wrong shape or out of limits).
+
+    Every message is one line and quotes nothing of the client's beyond ASCII-escaped field names, so the
+    error answer can always be encoded (a lone surrogate echoed back would make the answer itself fail).
+    """
     try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise InputError(400, f"the body is not valid UTF-8 JSON: {exc}") from None
+        # Decoded here rather than by json.loads, which would also take UTF-16 and UTF-32 (RFC 8259: UTF-8 only).
+        document = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(400, f"the body is not valid UTF-8 JSON: byte {exc.start} (0x{body[exc.start]:02x}) "
+                              f"is not UTF-8 ({exc.reason})") from None
+    try:
+        payload = json.loads(document)
+    except (ValueError, RecursionError) as exc:
+        raise InputError(400, f"the body is not valid UTF-8 JSON: {_one_line(exc)}") from None
     if not isinstance(payload, dict) or "texts" not in payload:
         raise InputError(422, 'expected a JSON object {"texts": ["a text", ...]}')
     unknown = sorted(set(payload) - {"texts"})
     if unknown:
-        raise InputError(422, f"unknown field(s) {unknown}; the body holds only \"texts\"")
+        named = ", ".join(_quoted(name) for name in unknown[:5]) + (f" and {len(unknown) - 5} more"
+                                                                     if len(unknown) > 5 else "")
+        raise InputError(422, f'unknown field(s) {named}; the body holds only "texts"')
     texts = payload["texts"]
     if not isinstance(texts, list):
-        raise InputError(422, f'"texts" must be a list of strings, got {type(texts).__name__}')
+        raise InputError(422, f'"texts" must be a list of strings, got {_json_type(texts)}')
     if not texts:
         raise InputError(422, '"texts" is empty: send at least one text')
     if len(texts) > limits.max_batch:
         raise InputError(422, f'"texts" holds {len(texts)} texts; at most {limits.max_batch} per request')
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise InputError(422, f"texts[{i}] is {type(text).__name__}, not a string")
+            raise InputError(422, f"texts[{i}] is {_json_type(text)}, not a string")
         if len(text) > limits.max_text_chars:
             raise InputError(422, f"texts[{i}] has {len(text)} characters; at most {limits.max_text_chars}")
-        if not text.strip():
+        _check_unicode(i, text)
+        if not _HAS_CONTENT.search(text):
             raise InputError(422, f"texts[{i}] is empty or only whitespace")
     return texts
+
+
+def _check_unicode(index: int, text: str) -> None:
+    """Refuse a text holding an unpaired surrogate: JSON can spell one ("\\ud800") but it is not Unicode text,
+    and the transformer kinds fail on it (hashing a text as UTF-8 for the embedding cache raises
+    UnicodeEncodeError, the tokenizers a TypeError), which would be a 500."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(422, f"texts[{index}] is not valid Unicode: an unpaired surrogate "
+                              f"U+{ord(text[exc.start]):04X} at character {exc.start}") from None
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, which is what the client sent (not Python's name for it)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "an array", str: "a string"}[type(value)]
+
+
+def _quoted(name: str, limit: int = 40) -> str:
+    quoted = ascii(name)
+    return quoted if len(quoted) <= limit else quoted[:limit] + "...'"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -238,6 +360,9 @@ def create_app(source: ModelSource, *, limits: ServingLimits | None = None, relo
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
+    class PrometheusText(Response):
+        media_type = CONTENT_TYPE_LATEST  # what a Prometheus scraper expects, and what the document states
+
     disable_created_metrics()  # the *_created series only double the size of every scrape
 
     limits = limits or ServingLimits()
@@ -284,6 +409,13 @@ def create_app(source: ModelSource, *, limits: ServingLimits | None = None, relo
     app.state.limits = limits
     app.state.check_for_new_model = check_for_new_model
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        # Only a bug gets here (bad input is refused before the model sees it). Starlette logs the traceback
+        # after this answer; the client gets the same one-line JSON shape as every other refusal.
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the service log has the "
+                                       f"traceback"}, status_code=500)
+
     @app.middleware("http")
     async def observe(request: Request, call_next):
         started = time.perf_counter()
@@ -297,10 +429,10 @@ def create_app(source: ModelSource, *, limits: ServingLimits | None = None, relo
             metrics.requests.labels(endpoint, request.method, str(status), holder.model.version).inc()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
-    @app.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "object", "required": ["texts"], "additionalProperties": False, "properties": {
-            "texts": {"type": "array", "minItems": 1, "maxItems": limits.max_batch,
-                      "items": {"type": "string", "minLength": 1, "maxLength": limits.max_text_chars}}}}}}}})
+    @app.post("/predict", response_model=PredictResult, responses=_refusals(400, 413, 422, 500),
+              response_description="A label and the class probabilities for each text, in the order sent",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": predict_request_schema(limits)}}}})
     async def predict(request: Request):
         try:
             body = await _read_capped(request, limits.max_body_bytes)
@@ -314,23 +446,28 @@ def create_app(source: ModelSource, *, limits: ServingLimits | None = None, relo
             metrics.predictions.labels(str(item["label"]), model.version).inc()
         return result
 
-    @app.get("/health")
+    @app.get("/health", response_model=HealthReport, responses=_refusals(500),
+             response_description="The model being served and the limits a /predict request must keep")
     def health():
         model = holder.model
         return {"status": "ok", "model_version": model.version, "bundle_id": model.bundle.manifest.get("bundle_id"),
                 "labels": model.bundle.labels, "source": source.ref, "loaded_at": model.loaded_at,
                 "limits": {"max_batch": limits.max_batch, "max_text_chars": limits.max_text_chars}}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PrometheusText,
+             responses={200: {"description": "The metrics in the Prometheus text exposition format",
+                              "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+                        **_refusals(500)})
     def prometheus_metrics():
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return PrometheusText(generate_latest(metrics.registry))
 
     return app
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    # isascii: "²".isdigit() is true too, and int() refuses it.
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise InputError(413, f"the body has {declared} bytes; at most {limit} are accepted")
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -96,13 +97,18 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     (b'{"texts": "a"}', 422, "must be a list"),
     (b'{"texts": []}', 422, "is empty"),
     (json.dumps({"texts": ["a"] * 9}).encode(), 422, "at most 8 per request"),
-    (b'{"texts": ["a", 3]}', 422, "texts[1] is int"),
-    (b'{"texts": ["a", null]}', 422, "texts[1] is NoneType"),
+    (b'{"texts": ["a", 3]}', 422, "texts[1] is a number, not a string"),
+    (b'{"texts": ["a", null]}', 422, "texts[1] is null, not a string"),
+    (b'{"texts": [["a"]]}', 422, "texts[0] is an array, not a string"),
+    (b'{"texts": {"a": 1}}', 422, '"texts" must be a list of strings, got an object'),
     (json.dumps({"texts": ["x" * 201]}).encode(), 422, "at most 200"),
     (b'{"texts": [" \\n\\t"]}', 422, "empty or only whitespace"),
+    (b'{"texts": ["\\u0085"]}', 422, "texts[0] is empty or only whitespace"),
+    (b'{"texts": ["\\ud800"]}', 422, "texts[0] is not valid Unicode: an unpaired surrogate U+D800"),
+    ('{"texts": ["ok"]}'.encode("utf-16"), 400, "not valid UTF-8 JSON: byte 0"),
 ])
 def test_bad_bodies_are_refused_with_a_4xx(body, status, message):
-    with pytest.raises(InputError, match=message.replace("[", r"\[")) as caught:
+    with pytest.raises(InputError, match=re.escape(message)) as caught:
         parse_predict_body(body, LIMITS)
     assert caught.value.status == status
 
