@@ -70,6 +70,7 @@ def run_report(cfg: Config, *, data: dict[str, Any], folds: dict[str, Any], trai
         f"{folds.get('k')} folds x {folds.get('repeats')} repeat(s), fold hash `{folds.get('hash')}`: "
         f"**{len(trained)} fold tasks trained, {len(reused)} reused** (finished before with the same identity)"
         + (f", **{len(failed)} failed**" if failed else "") + ".", "",
+        *_grouping_lines(data.get("grouping") or folds.get("grouping") or {}),
         "| model | kind | fit seconds (this run) |", "|---|---|---:|",
     ]
     lines += [f"| {spec.name} | {spec.kind} | {fit_seconds.get(spec.name, 0.0):.1f} |" for spec in cfg.base_models]
@@ -83,6 +84,19 @@ def run_report(cfg: Config, *, data: dict[str, Any], folds: dict[str, Any], trai
               "Cross-validated on the OOF predictions: " + ", ".join(
                   f"{k} {_format(v)}" for k, v in cv.items() if isinstance(v, (int, float))), ""]
     return "\n".join(lines)
+
+
+def _grouping_lines(grouping: dict[str, Any]) -> list[str]:
+    """The overlap groups the folds and the holdout kept whole, and the warning when one is too large."""
+    if not grouping:
+        return []
+    links = ", ".join(f"{kind} {n}" for kind, n in grouping.get("links", {}).items())
+    lines = [f"Overlap groups: **{grouping.get('n_groups')}** for {grouping.get('n_rows')} training rows; "
+             f"{grouping.get('rows_in_multi_row_groups')} rows share a group, the largest holds "
+             f"{grouping.get('largest_group')} ({grouping.get('largest_group_share', 0):.1%}); joined by {links}.", ""]
+    if "warning" in grouping:
+        lines += [f"> **WARNING** {grouping['warning']}", ""]
+    return lines
 
 
 def _reruns_section(reruns: dict[str, Any] | None) -> list[str]:

@@ -11,7 +11,7 @@ MODELS = [{"name": "a", "kind": "tfidf_lr", "params": {}}]
 
 def test_defaults_validate_and_fill_model_params(tmp_path):
     cfg = config_from_dict({"base_models": MODELS})
-    assert cfg.folds.k == 5 and cfg.meta.kind == "logreg"
+    assert cfg.folds.k == 5 and cfg.meta.kind == "auto"
     # The spec holds the complete, defaulted params (they are what a fold identity hashes).
     assert cfg.base_models[0].params, "defaults of the kind are filled in"
 
