@@ -8,8 +8,10 @@ rest of the CLI starts without it, and after `flows` has settled PREFECT_HOME (P
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +22,10 @@ from foldstack.errors import FoldstackError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
+STOP_TIMEOUT_S = 20.0  # how long a stopped server may take to shut down before it is killed
+# Stop signals passed on to the server (POSIX); a hang-up (the terminal closed) stops it like SIGTERM.
+FORWARDED_SIGNALS = ({signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
+                     if os.name == "posix" else {})
 
 
 def _local_api_url(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
@@ -51,11 +57,62 @@ def server(
                f"Point runs at it:  export PREFECT_API_URL={url}/api\n"
                f"then `python -m flows.train` (a run) or `foldstack serve` (the deployments).", err=True)
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    raise typer.Exit(run_until_stopped(command))
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
     try:
-        code = subprocess.call(command)
-    except KeyboardInterrupt:  # the server got the same SIGINT and shuts down on its own
-        code = 0
-    raise typer.Exit(code)
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):  # gone already (PermissionError: macOS on a zombie leader)
+        pass
+
+
+def run_until_stopped(command: list[str], stop_timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """Run `command` (a server) until it exits or this process is told to stop; returns the exit code.
+
+    The server runs in its own process group, so a Ctrl-C in the terminal reaches this process only and is
+    passed on once: uvicorn takes a second SIGINT as "force quit" and would skip its shutdown. SIGINT and
+    SIGTERM (SIGHUP as SIGTERM) are passed on to the group; a server that has not exited `stop_timeout_s`
+    after the first of them is killed. On Linux the server also gets SIGTERM when this process dies without
+    passing anything on (SIGKILL). Exit code: 0 when a requested stop ended the server in time, 1 when it had to
+    be killed, else the server's own (128 + n for a server that died of signal n).
+    """
+    from flows.embedded_server import _die_with_parent
+
+    if os.name != "posix":  # no process groups: the console's Ctrl-C reaches the server itself
+        try:
+            return subprocess.call(command)
+        except KeyboardInterrupt:
+            return 0
+    process = subprocess.Popen(command, process_group=0,
+                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    stop_requested_at: list[float] = []
+
+    def pass_on(signum: int, _frame: object) -> None:
+        stop_requested_at.append(time.monotonic())
+        _signal_group(process, FORWARDED_SIGNALS[signal.Signals(signum)])
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in FORWARDED_SIGNALS}
+    try:
+        while True:
+            try:
+                code = process.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if stop_requested_at and time.monotonic() - stop_requested_at[0] > stop_timeout_s:
+                typer.echo(f"the Prefect server did not stop within {stop_timeout_s:.0f} s of the signal; "
+                           f"killed it", err=True)
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+                return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _signal_group(process, signal.SIGKILL)  # whatever the server left behind in its group
+    if stop_requested_at:
+        return 0
+    return 128 - code if code < 0 else code
 
 
 def serve(
