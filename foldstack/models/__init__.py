@@ -9,6 +9,7 @@ point group: `mykind = "mypackage.module:MyModel"`.
 from __future__ import annotations
 
 import importlib
+import threading
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +22,20 @@ _BUILTIN_MODULES = (
     "foldstack.models.finetune",
 )
 _REGISTRY: dict[str, type] = {}
+# Filling the registry imports modules, which takes time and lets other threads run: the first look-up
+# fills it under this lock, and `_loaded` turns true only once every kind is in, so a thread that sees it
+# true (no lock needed then) sees a full registry. A re-entrant lock with `_loading`: a kind's module that
+# looks kinds up while it is being imported (same thread) gets the kinds registered so far, not a deadlock.
+_LOAD_LOCK = threading.RLock()
 _loaded = False
+_loading = False
 
 
 def register_model(cls: type) -> type:
     """Class decorator: make `cls` available under `cls.kind`."""
+    # No lock here: this runs while a kind's module is being imported, and a thread importing that module
+    # on its own (holding the module's import lock) must not wait for `_LOAD_LOCK`, whose holder may be
+    # waiting for that same import. One dict assignment is atomic.
     kind = getattr(cls, "kind", None)
     if not kind or not hasattr(cls, "Params"):
         raise TypeError(f"{cls.__name__} needs a `kind` string and a `Params` class to be registered")
@@ -36,14 +46,21 @@ def register_model(cls: type) -> type:
 
 
 def _load_all() -> None:
-    global _loaded
+    global _loaded, _loading
     if _loaded:
         return
-    _loaded = True
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    for ep in entry_points(group="foldstack.models"):
-        register_model(ep.load())
+    with _LOAD_LOCK:
+        if _loaded or _loading:  # filled by the thread we waited for, or a re-entrant call during the imports
+            return
+        _loading = True
+        try:
+            for module in _BUILTIN_MODULES:
+                importlib.import_module(module)
+            for ep in entry_points(group="foldstack.models"):
+                register_model(ep.load())
+            _loaded = True  # only now: a failed import is raised again on the next look-up, never half-filled
+        finally:
+            _loading = False
 
 
 def available_kinds() -> list[str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import numpy as np
 from pydantic import Field
@@ -41,8 +41,11 @@ from foldstack.models.hf import (
 FORMAT_VERSION = 1
 
 
-# The last batch embedded in this process, per function: one entry, so memory stays bounded.
-_last_batch: dict[str, Any] = {}
+# The last batch embedded in this process: ((function, texts hash), vectors), one entry so memory stays
+# bounded. Read once and replaced whole (one reference, which is atomic): threads embedding at the same time
+# (the service answers requests in a thread pool) must never pair one batch's key with another's vectors,
+# which reading key and vectors as two look-ups allowed, and which then stayed memoised under the wrong key.
+_last_batch: tuple[tuple[str, str], np.ndarray] | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -90,14 +93,16 @@ class EmbedLR:
         return self._loaded_encoder
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        global _last_batch
         texts = list(texts)
         identity = model_identity(self._source())
         # max_length changes the vectors (truncation), so it is part of the function's address.
         function = f"{identity}-mean-len{self.params.max_length}"
         batch_key = (function, texts_hash(texts, function))
-        if _last_batch.get("key") == batch_key:
+        last = _last_batch
+        if last is not None and last[0] == batch_key:
             # The K fold members of one base model embed the same texts one after another at prediction.
-            vectors = _last_batch["vectors"]
+            vectors = last[1]
             self._count(computed=0, cached=len(texts))
         elif self.context.cache_dir is None:
             vectors = self._encoder().encode(texts)
@@ -108,7 +113,7 @@ class EmbedLR:
             )
             vectors = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
             self._count(computed=n_computed, cached=len(texts) - n_computed)
-        _last_batch.update(key=batch_key, vectors=vectors)
+        _last_batch = (batch_key, vectors)
         vectors = vectors.astype(np.float64)
         if self.params.normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -164,6 +164,10 @@ def _check_model_dir(directory: Path, label: str) -> None:
 
 
 _IDENTITY_MEMO: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+# Filled under a lock (checked again inside it): threads that ask for a model's identity at once (fold
+# members predicting in parallel threads) wait for the first one to hash the files instead of each reading
+# the whole model.
+_IDENTITY_LOCK = threading.Lock()
 
 
 def model_identity(directory: Path) -> str:
@@ -176,12 +180,16 @@ def model_identity(directory: Path) -> str:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in _IDENTITY_SUFFIXES)
     signature = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     memo_key = (str(directory.resolve()), signature)
-    if memo_key not in _IDENTITY_MEMO:
-        h = hashlib.sha256()
-        for p in files:
-            h.update(f"{p.name}:{sha256_file(p)}\n".encode())
-        _IDENTITY_MEMO[memo_key] = h.hexdigest()[:16]
-    return _IDENTITY_MEMO[memo_key]
+    identity = _IDENTITY_MEMO.get(memo_key)
+    if identity is None:
+        with _IDENTITY_LOCK:
+            identity = _IDENTITY_MEMO.get(memo_key)
+            if identity is None:
+                h = hashlib.sha256()
+                for p in files:
+                    h.update(f"{p.name}:{sha256_file(p)}\n".encode())
+                identity = _IDENTITY_MEMO[memo_key] = h.hexdigest()[:16]
+    return identity
 
 
 @contextlib.contextmanager
