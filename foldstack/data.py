@@ -72,18 +72,85 @@ def read_table(path: Path, fmt: str = "auto") -> pd.DataFrame:
             df = pd.read_csv(path, sep="\t", dtype=object, keep_default_na=False, na_values=[""],
                              encoding="utf-8", quoting=3)
         elif fmt == "jsonl":
-            df = pd.read_json(path, lines=True, dtype=False)
+            df = _read_jsonl(path)
         else:
             df = pd.read_parquet(path)
     except DataError:
         raise
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file has no header and no rows") from None
-    except (ValueError, pd.errors.ParserError, OSError) as exc:
+    except pd.errors.ParserError as exc:
+        problem = _extra_fields(path, fmt) or " ".join(str(exc).split())
+        raise DataError(f"{path}: cannot be read as {fmt}: {problem}") from None
+    except (ValueError, OSError) as exc:
         raise DataError(f"{path}: cannot be read as {fmt}: {exc}") from None
+    if fmt in ("csv", "tsv") and not isinstance(df.index, pd.RangeIndex):
+        # The first data rows have more fields than the header: pandas took the first column as the index
+        # and shifted the others one to the left, without a word.
+        problem = _extra_fields(path, fmt) or "the first data rows have more fields than the header"
+        raise DataError(f"{path}: cannot be read as {fmt}: {problem}")
     if len(df) == 0:
-        raise DataError(f"{path}: the file has a header but no data rows")
+        raise DataError(f"{path}: the file has a header but no data rows" if fmt in ("csv", "tsv")
+                        else f"{path}: the file has no rows")
     return df
+
+
+def _extra_fields(path: Path, fmt: str) -> str | None:
+    """The lines of a CSV/TSV file with more fields than its header, as a sentence; None if there are none.
+
+    Read again with the csv module, and only once pandas has stumbled: pandas counts records, not lines, in
+    its errors, and says nothing when it takes the first column for the index.
+    """
+    import csv
+
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"delimiter": ","}
+    n_header, extra, start = None, [], 1
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, **dialect)
+            for record in reader:
+                if n_header is None:
+                    n_header = len(record)
+                elif len(record) > n_header:
+                    extra.append((start, len(record)))
+                start = reader.line_num + 1  # a quoted text may span lines: the next record starts after them
+    except csv.Error:  # e.g. a field over the csv module's size limit: pandas' own message has to do
+        return None
+    if not extra:
+        return None
+    (line, n_fields), others = extra[0], [line for line, _ in extra[1:]]
+    also = ""
+    if len(others) == 1:
+        also = f" (so does line {others[0]})"
+    elif others:
+        more = len(others) - _MAX_EXAMPLES
+        also = f" (so do lines {', '.join(map(str, others[:_MAX_EXAMPLES]))}{f' and {more} more' if more > 0 else ''})"
+    advice = ("a TSV text cannot contain a tab: remove the extra tabs, or save the file as CSV with quoted texts"
+              if fmt == "tsv" else 'put a text that contains a comma in double quotes ("like, this"), '
+                                   "or remove the extra fields")
+    return f"line {line} has {n_fields} fields, the header has {n_header}{also}; {advice}"
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object per line. pandas' reader gives a character position for a broken line, accepts some
+    invalid JSON, and fails obscurely on a line that is not an object: each is named by its line here."""
+    records = []
+    with path.open(encoding="utf-8-sig") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.rstrip("\r\n"))  # so that the error's column is within this line
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                                f"each line must be one JSON object, such as {{\"text\": \"...\", \"label\": \"...\"}}"
+                                ) from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}: line {number} is a JSON {type(record).__name__}, not an object; each line "
+                                f"must be one JSON object, such as {{\"text\": \"...\", \"label\": \"...\"}}")
+            records.append(record)
+    # dtype=object keeps each value as the file gives it (an integer text stays "7", not "7.0", beside a null).
+    return pd.DataFrame(records, dtype=object)
 
 
 def normalise_text(text: str, lowercase: bool = False) -> str:
