@@ -142,8 +142,10 @@ def audit_frame(raw: pd.DataFrame, data: DataConfig, label_stats: bool = True) -
         frame[label] = pd.Series([None if _is_missing(v) or str(v).strip() == "" else str(normalise_label(v))
                                   for v in frame[label]], index=frame.index, dtype=object)
     if label_stats and text in frame.columns and label in frame.columns:
-        # Rows with no text or no label get NaN, which the rules skip (their own rules report them).
-        frame[LABELS_FOR_TEXT] = frame.groupby(text, dropna=True)[label].transform("nunique")
+        # Rows with no text or no label get NaN, which the rules skip (their own rules report them): nunique
+        # would give a null-labelled row 0 labels, a spurious break of consistent_labels.
+        labels_for_text = frame.groupby(text, dropna=True)[label].transform("nunique")
+        frame[LABELS_FOR_TEXT] = labels_for_text.where(frame[label].notna())
         frame[CLASS_SHARE] = frame[label].map(frame[label].value_counts(normalize=True)).astype(float)
     return frame
 
@@ -522,6 +524,7 @@ def run_gate(cfg: Config) -> tuple[Snapshot, GateReport]:
     if not rules.enabled:
         return build_snapshot(cfg), report
 
+    cfg.check_writable_dirs("validation.context_dir", "validation.report_dir")
     context = ExpectationsContext(cfg.resolve_path(rules.context_dir), data_docs=rules.data_docs,
                                   max_examples=rules.max_examples)
     snapshot = None
