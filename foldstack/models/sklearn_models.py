@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, Self
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from foldstack.errors import BundleError
+from foldstack.errors import BundleError, DataError
 from foldstack.models import register_model
 from foldstack.models.base import ModelContext, ModelParams, params_dict
 from foldstack.models.persist import (
@@ -212,6 +212,28 @@ class _SklearnTextModel:
     def _make_vectorizer(self) -> Any:
         raise NotImplementedError
 
+    def _fit_vectorizer(self, texts: list[str]) -> Any:
+        """Fit a fresh vectorizer on `texts` and return their features.
+
+        An empty vocabulary is the user's data or params, not a bug: texts that are numbers or ids rarely
+        repeat a term, so min_df prunes every one; one-character tokens are no terms at all.
+        """
+        self.vectorizer_ = self._make_vectorizer()
+        try:
+            return self.vectorizer_.fit_transform(texts)
+        except ValueError as exc:
+            check_column = "check that data.text_column names the column of texts"
+            if "no terms remain" in str(exc):
+                problem = (f"no term occurs in at least min_df={self.params.min_df} of this fold's {len(texts)} "
+                           f"training texts (texts that are numbers or ids rarely repeat a term), so the "
+                           f"vocabulary is empty; lower params.min_df, or {check_column}")
+            elif "empty vocabulary" in str(exc):
+                problem = (f"this fold's {len(texts)} training texts hold no term (a word of two or more letters "
+                           f"or digits), so the vocabulary is empty; {check_column}")
+            else:
+                raise
+            raise DataError(f"{self.kind}: {problem}") from None
+
     def _load_classifier(self, directory: Path) -> None:
         classifier = load_sklearn(directory / _CLASSIFIER_SKOPS)
         n_terms = len(self.vectorizer_.vocabulary_)
@@ -268,8 +290,7 @@ class TfidfLogisticRegression(_VectorizerClassifierModel):
         from sklearn.linear_model import LogisticRegression
 
         p = self.params
-        self.vectorizer_ = self._make_vectorizer()
-        features = self.vectorizer_.fit_transform(texts)
+        features = self._fit_vectorizer(texts)
         self.classifier_ = LogisticRegression(
             C=p.C, max_iter=p.max_iter, class_weight=p.class_weight, random_state=self._random_state
         ).fit(features, y)
@@ -325,8 +346,7 @@ class TfidfCharSVM(_VectorizerClassifierModel):
         from sklearn.svm import LinearSVC
 
         p = self.params
-        self.vectorizer_ = self._make_vectorizer()
-        features = self.vectorizer_.fit_transform(texts)
+        features = self._fit_vectorizer(texts)
 
         # Calibration needs every class in every fold's calibration part: at most as many folds as the
         # smallest class has rows, and at least 2. A class with a single row is repeated once so that
@@ -391,8 +411,7 @@ class NBSVM(_SklearnTextModel):
         from sklearn.linear_model import LogisticRegression
 
         p = self.params
-        self.vectorizer_ = self._make_vectorizer()
-        features = self.vectorizer_.fit_transform(texts).tocsr()
+        features = self._fit_vectorizer(texts).tocsr()
         targets = self._targets()
         n_features = features.shape[1]
         self.log_count_ratios_ = np.empty((targets.size, n_features), dtype=np.float64)
