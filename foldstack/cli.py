@@ -298,6 +298,39 @@ def _register_extensions() -> None:
 _register_extensions()
 
 
+TRACEBACK_LOG_DIR = Path(".foldstack") / "logs"
+
+
+def write_traceback_log(exc: BaseException) -> Path | None:
+    """Write `exc`'s traceback, with the command line, to a new file under .foldstack/logs/ in the working
+    directory (the system's temporary directory if that cannot be written); return its path, or None if
+    neither can be written."""
+    import os
+    import tempfile
+    import traceback
+    from datetime import datetime
+
+    import foldstack
+
+    name = f"foldstack-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    text = (f"command: {' '.join(sys.argv)}\nfoldstack {foldstack.__version__}, python {sys.version.split()[0]}\n\n"
+            + "".join(traceback.format_exception(exc)))
+    for directory in (Path.cwd() / TRACEBACK_LOG_DIR, Path(tempfile.gettempdir()) / "foldstack-logs"):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_text(text, encoding="utf-8")
+            return directory / name
+        except OSError:
+            continue
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    summary = type(exc).__name__ + (f": {lines[0]}" if lines else "")
+    return summary + (" …" if len(lines) > 1 else "")
+
+
 def main() -> None:
     skip_final_garbage_collection()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -307,6 +340,16 @@ def main() -> None:
         # The message may quote user data: escape it so a "[word]" in a text is shown, not read as markup.
         console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        # A bug, not the user's mistake (typer has already handled its own usage errors): one line here,
+        # the traceback in a file to attach to a report.
+        log_path = write_traceback_log(exc)
+        where = f"the traceback is in {log_path}" if log_path else "no log could be written; the traceback follows"
+        console.print(f"[bold red]internal error:[/bold red] {escape(_one_line(exc))}; {escape(where)}",
+                      highlight=False, soft_wrap=True)
+        if log_path is None:
+            console.print_exception()
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Errors a user can act on. Each names the file, column, row or key at fault.
 
-The CLI turns any `FoldstackError` into a one-paragraph message and a non-zero exit;
-anything else is a bug and keeps its traceback.
+The CLI turns any `FoldstackError` into a one-paragraph message and exit code 2; anything else is a bug:
+one line ("internal error: ...") naming the log file under .foldstack/logs/ that holds its traceback, and
+exit code 1.
 """
 
 
