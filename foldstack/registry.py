@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from foldstack.bundle import MANIFEST, verify_bundle
 from foldstack.errors import BundleError, FoldstackError
+from foldstack.faults import failpoint
 from foldstack.fsutil import (COMPLETE_MARKER, exclusive_lock, process_alive, read_json, sha256_file, sha256_json,
                               temporary_writer, write_json)
 
@@ -417,6 +418,7 @@ class GitModelRegistry:
                 return existing, False
             version = self._free_version()
             stored_manifest = self._store(bundle_path, version, content_digest)
+            failpoint("registry-bytes-stored")  # a crash here must leave no tag, only an untagged directory
             try:
                 tag = self._tag_version(version, manifest, content_digest, stored_manifest, bundle_path)
             except BaseException:

@@ -19,7 +19,8 @@ import numpy as np
 from foldstack.config import Config, MetaConfig
 from foldstack.data import Snapshot
 from foldstack.ensemble import fill_oof
-from foldstack.errors import StageError
+from foldstack.errors import FoldstackError, StageError
+from foldstack.faults import failpoint
 from foldstack.folds import FoldAssignment, assign_folds
 from foldstack.fsutil import (atomic_directory, derive_seed, is_complete, load_array, read_json,
                               remove_stale_temporaries, save_array, sha256_json, write_json)
@@ -93,6 +94,10 @@ def validate(cfg: Config) -> dict[str, Any]:
     """Read and check the data (the Great Expectations gate), split off the holdout, write the snapshot."""
     from foldstack.validation import run_gate
 
+    # Before any work: a missing model directory would otherwise stop the run after the other base models
+    # trained, and an artifacts directory that cannot be made with an OSError instead of naming its key.
+    cfg.check_model_sources()
+    cfg.check_writable_dirs("runtime.artifacts_dir", "runtime.cache_dir")
     snapshot, gate = run_gate(cfg)  # raises DataError, before anything is written, if a rule broke
     layout = Layout.of(cfg)
     with atomic_directory(layout.snapshot) as tmp:
@@ -107,6 +112,7 @@ def make_folds(cfg: Config) -> dict[str, Any]:
                               cfg.folds.k, cfg.folds.repeats, cfg.seed, snapshot.n_classes)
     with atomic_directory(Layout.of(cfg).folds) as tmp:
         assignment.save(tmp)
+    failpoint("folds-written")
     return {"hash": assignment.hash, "k": assignment.k, "repeats": assignment.repeats,
             "n_rows": assignment.n_rows, "grouping": snapshot.grouping}
 
@@ -193,7 +199,10 @@ def train_fold(cfg: Config, model: str, repeat: int, fold: int, device: str | No
         base_dir=cfg.resolve_path("."),
     )
     started = time.perf_counter()
-    estimator = fit_fold_model(spec.kind, spec.params, context, texts, y, train_idx)
+    try:
+        estimator = fit_fold_model(spec.kind, spec.params, context, texts, y, train_idx)
+    except FoldstackError as exc:  # the kind alone does not say which base model failed
+        raise type(exc)(f"base_models.{model} (fold {task.label}): {exc}") from None
     fit_seconds = time.perf_counter() - started
     val_proba = _checked(estimator.predict_proba([texts[i] for i in val_idx]), len(val_idx), snapshot.n_classes,
                          task.label) if len(val_idx) else np.zeros((0, snapshot.n_classes))
