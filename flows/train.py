@@ -40,6 +40,7 @@ from foldstack import stages  # noqa: E402
 from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config  # noqa: E402
 from foldstack.errors import FoldstackError, StageError  # noqa: E402
 from foldstack.process_exit import skip_final_garbage_collection  # noqa: E402
+from foldstack.runlock import run_lock  # noqa: E402
 from tasks.fanout import fan_out_for, warm_up  # noqa: E402
 from tasks.fold import SKIPPED  # noqa: E402
 from tasks.pipeline import (  # noqa: E402
@@ -123,6 +124,12 @@ def train_ensemble(params: str = DEFAULT_PARAMS_FILE, overrides: list[str] | Non
     """Train the stacked ensemble of params.yaml (overrides: `key.path=value`); returns the bundle and metrics."""
     logger = get_run_logger()
     cfg = load_config(params, overrides or [])
+    # One run at a time per artifacts directory, whether it is this flow, `foldstack train` or `dvc repro`.
+    with run_lock(cfg, "the train-ensemble flow"):
+        return _train_under_lock(cfg, params, overrides, logger)
+
+
+def _train_under_lock(cfg: Config, params: str, overrides: list[str] | None, logger: Any) -> dict[str, Any]:
     warm_up(cfg)  # e.g. start the CPU fit processes while DVC is asked and the data is validated
     reruns = plan_reruns(cfg, params, overrides)  # before any stage: which ones DVC says are up to date
     fresh = reruns["skipped"]

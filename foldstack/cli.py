@@ -6,6 +6,7 @@ exposing `register(app)`, so that this module imports neither Prefect nor W&B no
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -19,10 +20,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from foldstack.config import DEFAULT_PARAMS_FILE, load_config
+from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
 from foldstack.doctor import diagnose
 from foldstack.errors import FoldstackError
 from foldstack.process_exit import skip_final_garbage_collection
+from foldstack.runlock import run_lock
 
 app = typer.Typer(
     name="foldstack",
@@ -39,6 +41,8 @@ out = Console()
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="the params file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: meta.kind=vote (repeatable)")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="when another run is writing the same artifacts "
+                                                                "directory: wait for it, or fail at once")]
 
 
 def _config(params: Path, overrides: list[str] | None):
@@ -105,12 +109,12 @@ def _progress() -> Progress:
 @app.command()
 def train(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
           track: Annotated[bool, typer.Option(help="log the run to W&B (tracking.mode; offline without a key)")]
-          = True) -> None:
+          = True, wait: WaitOpt = True) -> None:
     """Run the whole pipeline in this process: validate, folds, base models, stack, evaluate, bundle."""
     from foldstack.stages import run_pipeline
 
     cfg = _config(params, set_)
-    with _progress() as progress:
+    with run_lock(cfg, "foldstack train", wait=wait), _progress() as progress:
         result = run_pipeline(cfg, ProgressReporter(progress))
     out.print(leaderboard_table(result.leaderboard))
     out.print(f"bundle: [bold]{result.bundle}[/bold]  (trained {result.trained} fold models, "
@@ -208,12 +212,24 @@ def doctor(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
 
 
 # ------------------------------------------------------------------------------------------- stages
+# Each stage holds the project's run lock until its process exits (the kernel drops it then), so `dvc repro`
+# and a `foldstack train` or flow never write one artifacts directory at once. `stage train-fold` takes none:
+# one fold writes only its own directory, atomically, as the flow's workers do under the flow's lock.
+_HELD_LOCKS = contextlib.ExitStack()
+
+
+def _stage_config(params: Path, set_: list[str] | None, stage: str) -> Config:
+    cfg = _config(params, set_)
+    _HELD_LOCKS.enter_context(run_lock(cfg, f"foldstack stage {stage}"))
+    return cfg
+
+
 @stage_app.command("validate")
 def stage_validate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Read and check the data; write the snapshot (train/holdout split, label map, hash)."""
     from foldstack.stages import validate
 
-    _print_json(validate(_config(params, set_)))
+    _print_json(validate(_stage_config(params, set_, "validate")))
 
 
 @stage_app.command("folds")
@@ -221,7 +237,7 @@ def stage_folds(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = No
     """Write the one fold assignment every base model uses."""
     from foldstack.stages import make_folds
 
-    _print_json(make_folds(_config(params, set_)))
+    _print_json(make_folds(_stage_config(params, set_, "folds")))
 
 
 @stage_app.command("train-base")
@@ -231,7 +247,7 @@ def stage_train_base(name: Annotated[str, typer.Argument(help="a base model's na
     """Train every fold of one base model (finished folds with the same identity are skipped), collect OOF."""
     from foldstack.stages import train_base
 
-    cfg = _config(params, set_)
+    cfg = _stage_config(params, set_, f"train-base {name}")
     cfg.base_model(name)
     with _progress() as progress:
         reporter = ProgressReporter(progress)
@@ -254,7 +270,7 @@ def stage_stack(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = No
     """Fit the meta-learner on the OOF predictions (and estimate it by CV on the OOF)."""
     from foldstack.stages import stack
 
-    _print_json(stack(_config(params, set_)))
+    _print_json(stack(_stage_config(params, set_, "stack")))
 
 
 @stage_app.command("evaluate")
@@ -262,7 +278,7 @@ def stage_evaluate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt =
     """Holdout metrics for every base model, baseline and the ensemble; leaderboard and plots."""
     from foldstack.stages import evaluate as evaluate_stage
 
-    out.print(leaderboard_table(evaluate_stage(_config(params, set_))["leaderboard"]))
+    out.print(leaderboard_table(evaluate_stage(_stage_config(params, set_, "evaluate"))["leaderboard"]))
 
 
 @stage_app.command("bundle")
@@ -270,7 +286,7 @@ def stage_bundle(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = N
     """Assemble the self-describing, hashed model bundle."""
     from foldstack.stages import make_bundle
 
-    _print_json(make_bundle(_config(params, set_)))
+    _print_json(make_bundle(_stage_config(params, set_, "bundle")))
 
 
 @stage_app.command("register")
@@ -280,7 +296,7 @@ def stage_register(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt =
     from foldstack.cli_registry import push
     from foldstack.stages import make_bundle
 
-    bundle = make_bundle(_config(params, set_))["bundle"]
+    bundle = make_bundle(_stage_config(params, set_, "register"))["bundle"]
     out.print(f"bundle: {bundle}")
     push(bundle=Path(bundle), params=params, set_=set_)
 
