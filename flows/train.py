@@ -60,6 +60,7 @@ class BaseModelRuns:
     trained: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    causes: dict[str, str] = field(default_factory=dict)  # failed task label -> its exception, one line
     fit_seconds: dict[str, float] = field(default_factory=dict)
 
     def of_model(self, model: str) -> list[State]:
@@ -69,6 +70,18 @@ class BaseModelRuns:
 def resolve_in_order(*futures: PrefectFuture) -> list[Any]:
     """Results upstream-first, so that a failure surfaces as its own error, not as "downstream never ran"."""
     return [future.result() for future in futures]
+
+
+def _failure_cause(state: State) -> str:
+    """The exception behind a failed task's state, as one line (the traceback stays in the task's log)."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as unreadable:  # a crashed worker may leave no result to read
+        exc = unreadable
+    if isinstance(exc, BaseException):
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return text if isinstance(exc, FoldstackError) else f"{type(exc).__name__}: {text}"
+    return state.message or state.name
 
 
 def train_base_models(cfg: Config, data: PrefectFuture, folds: PrefectFuture) -> BaseModelRuns:
@@ -92,7 +105,8 @@ def train_base_models(cfg: Config, data: PrefectFuture, folds: PrefectFuture) ->
             state = runs.states[task_] = future.state
             if not state.is_completed():
                 runs.failed.append(task_.label)
-                logger.error("%s: %s (%s)", task_.label, state.name, state.message)
+                runs.causes[task_.label] = _failure_cause(state)
+                logger.error("%s: %s (%s)", task_.label, state.name, runs.causes[task_.label])
             elif state.name == SKIPPED:
                 runs.reused.append(task_.label)
             else:
@@ -104,8 +118,10 @@ def train_base_models(cfg: Config, data: PrefectFuture, folds: PrefectFuture) ->
         labels.sort(key=order.__getitem__)
     if runs.failed:
         # The finished folds stay on disk: a rerun trains only these.
-        raise StageError(f"{len(runs.failed)} of {len(plan)} fold tasks failed: {', '.join(runs.failed)}; "
-                         f"the other folds are kept, rerun to train only the failed ones")
+        first = runs.failed[0]
+        raise StageError(f"{len(runs.failed)} of {len(plan)} fold tasks failed ({', '.join(runs.failed)}); the first, "
+                         f"{first}: {runs.causes[first]}. The other folds are kept: fix that, then rerun to train "
+                         f"only the failed ones")
     logger.info("base models: %d fold tasks trained, %d reused", len(runs.trained), len(runs.reused))
     return runs
 

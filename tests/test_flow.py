@@ -168,7 +168,9 @@ def test_failed_folds_fail_the_run_after_the_others_finished(prefect_api, tmp_pa
                           base_models=[{"name": "tfidf_lr", "kind": "tfidf_lr"},
                                        {"name": "broken", "kind": "test_fake_gpu", "params": {"fail": True}}],
                           runtime={"device": "auto"})
-    with pytest.raises(StageError, match=r"3 of 6 fold tasks failed: broken/r0-k0, broken/r0-k1, broken/r0-k2;"):
+    # The error names the failures and the first one's cause, not only a count.
+    with pytest.raises(StageError, match=r"3 of 6 fold tasks failed \(broken/r0-k0, broken/r0-k1, broken/r0-k2\); "
+                                         r"the first, broken/r0-k0: RuntimeError: this fake model fails on purpose"):
         train_ensemble(params=str(params))
     cfg = load_config(params)
     assert all(fold_task_done(cfg, t) for t in plan_fold_tasks(cfg, ["tfidf_lr"]))  # kept for the rerun
