@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from foldstack.data import LabelMap
+from foldstack import __version__ as foldstack_version
+from foldstack.data import LabelMap, normalise_text
 from foldstack.errors import BundleError
 from foldstack.fsutil import COMPLETE_MARKER, atomic_directory, read_json, sha256_file, sha256_json, write_json
 
@@ -54,9 +55,35 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return sha256_json(content)[:12]
 
 
+def write_manifest(directory: Path, *, labels: list[Any], params: dict[str, Any], data_hash: str, fold_hash: str,
+                   base_models: list[dict[str, Any]], meta: dict[str, Any], metrics: dict[str, Any],
+                   **extra: Any) -> dict[str, Any]:
+    """Hash every file of the bundle being assembled in `directory` and write its manifest, the last file.
+
+    The one writer of the format, for the pipeline's bundle stage and `FoldStackClassifier.save_bundle`;
+    `extra` fields (e.g. `trained_by`) are recorded beside the standard ones and covered by the bundle id.
+    """
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "foldstack_version": foldstack_version,
+        "libraries": library_versions(),
+        "labels": labels,
+        "params": params,
+        "data_hash": data_hash,
+        "fold_hash": fold_hash,
+        "base_models": base_models,
+        "meta": meta,
+        "metrics": metrics,
+        **extra,
+        "files": _file_hashes(directory),
+    }
+    manifest["bundle_id"] = manifest_digest(manifest)
+    write_json(directory / MANIFEST, manifest)
+    return manifest
+
+
 def write_bundle(cfg: Config, layout: Layout) -> Path:
     """Assemble the bundle from the stage outputs (base fold models, meta-learner, metrics)."""
-    import foldstack
     from foldstack.stages import FULL_FIT, load_folds, load_snapshot, plan_fold_tasks
 
     snapshot = load_snapshot(cfg)
@@ -79,25 +106,14 @@ def write_bundle(cfg: Config, layout: Layout) -> Path:
             base_entries.append({"name": spec.name, "kind": spec.kind, "params": spec.params,
                                  "members": members, "combine": "full refit" if use_full else "mean of fold models"})
         shutil.copytree(layout.stack / "meta", tmp / "meta")
-        (tmp / COMPLETE_MARKER).unlink(missing_ok=True)
-        files = _file_hashes(tmp)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "foldstack_version": foldstack.__version__,
-            "libraries": library_versions(),
-            "labels": snapshot.label_map.to_json(),
-            "params": cfg.model_dump(mode="json"),
-            "data_hash": snapshot.data_hash,
-            "fold_hash": folds.hash,
-            "base_models": base_entries,
+        write_manifest(
+            tmp, labels=snapshot.label_map.to_json(), params=cfg.model_dump(mode="json"),
+            data_hash=snapshot.data_hash, fold_hash=folds.hash, base_models=base_entries,
             # The fitted kind: with meta.kind auto, the one the CV chose.
-            "meta": {"kind": read_json(layout.stack / "meta_cv.json")["kind"], "requested": cfg.meta.kind,
-                     "path": "meta"},
-            "metrics": metrics,
-            "files": files,
-        }
-        manifest["bundle_id"] = manifest_digest(manifest)
-        write_json(tmp / MANIFEST, manifest)
+            meta={"kind": read_json(layout.stack / "meta_cv.json")["kind"], "requested": cfg.meta.kind,
+                  "path": "meta"},
+            metrics=metrics,
+        )
     return layout.bundle
 
 
@@ -146,14 +162,27 @@ class Bundle:
     def version(self) -> str:
         return self.manifest.get("registry_version") or self.manifest["bundle_id"]
 
+    @property
+    def lowercase(self) -> bool:
+        return bool(self.manifest["params"]["data"].get("lowercase", False))
+
+    def prepare(self, texts: list[str]) -> list[str]:
+        """The texts as training saw them: `data.normalise_text` with this bundle's own `data.lowercase`.
+
+        The bundle owns its input contract, so no caller (batch prediction, the service, the registry gate,
+        a notebook) can skip or change the normalisation that was evaluated.
+        """
+        return [normalise_text(text, self.lowercase) for text in texts]
+
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        return self._predictor.predict_proba(list(texts))
+        """Class probabilities (rows x `labels`) of raw texts."""
+        return self._predictor.predict_proba(self.prepare(texts))
 
     def predict(self, texts: list[str]) -> list[Any]:
         return self.label_map.decode(self.predict_proba(texts).argmax(axis=1))
 
     def base_probas(self, texts: list[str]) -> dict[str, np.ndarray]:
-        return self._predictor.base_probas(list(texts))
+        return self._predictor.base_probas(self.prepare(texts))
 
 
 def load_bundle(path: str | Path, *, device: str = "cpu", cache_dir: Path | None = None) -> Bundle:

@@ -1,46 +1,17 @@
-"""The stacking machinery shared by the stages, the bundle and the scikit-learn estimator.
+"""`StackedPredictor`: the fitted ensemble at prediction time, for the bundle and the scikit-learn estimator.
 
-- `fit_fold_model`: one base model fitted on one fold's training part (the unit of parallel work);
-- `fill_oof`: OOF matrices start as NaN and each row is filled exactly once per repeat (asserted);
-- `StackedPredictor`: base models' fold members averaged per base model, then the meta-learner.
+Each base model's fold members are averaged (exactly as the holdout was scored), then the meta-learner
+combines the base models. The fits themselves are `foldstack.crossfit`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from foldstack.models import make_model
-from foldstack.models.base import BaseModel, ModelContext, check_proba
-
-
-def fit_fold_model(kind: str, params: dict[str, Any], context: ModelContext, texts: Sequence[str],
-                   y: np.ndarray, train_idx: np.ndarray) -> BaseModel:
-    model = make_model(kind, params, context)
-    return model.fit([texts[i] for i in train_idx], np.asarray(y)[train_idx])
-
-
-def fill_oof(repeats: int, n_rows: int, n_classes: int,
-             pieces: Iterable[tuple[int, np.ndarray, np.ndarray]], who: str) -> np.ndarray:
-    """OOF of shape (repeats, rows, classes) from (repeat, row indices, probabilities) pieces.
-
-    Starts as NaN; a row predicted twice in one repeat, or never, is an error — that is the no-leakage
-    and coverage guarantee the meta-learner relies on.
-    """
-    oof = np.full((repeats, n_rows, n_classes), np.nan)
-    filled = np.zeros((repeats, n_rows), dtype=np.int64)
-    for repeat, rows, proba in pieces:
-        if np.any(filled[repeat, rows]):
-            raise AssertionError(f"OOF of {who}: repeat {repeat} predicts some rows twice")
-        oof[repeat, rows] = proba
-        filled[repeat, rows] += 1
-    if not (filled == 1).all():
-        missing = np.argwhere(filled != 1)[:5].tolist()
-        raise AssertionError(f"OOF of {who}: rows never predicted out of fold (repeat, row): {missing}")
-    assert not np.isnan(oof).any(), f"OOF of {who}: NaN left after every fold was collected"
-    return oof
+from foldstack.models.base import BaseModel, check_proba
 
 
 class StackedPredictor:

@@ -16,19 +16,19 @@ from typing import Any
 
 import numpy as np
 
+from foldstack import crossfit
 from foldstack.config import Config, MetaConfig
+from foldstack.crossfit import FULL_FIT, fill_oof
 from foldstack.data import Snapshot
-from foldstack.ensemble import fill_oof
-from foldstack.errors import FoldstackError, StageError
+from foldstack.errors import StageError
 from foldstack.faults import failpoint
 from foldstack.folds import FoldAssignment, assign_folds
-from foldstack.fsutil import (atomic_directory, derive_seed, is_complete, load_array, read_json,
-                              remove_stale_temporaries, save_array, sha256_json, write_json)
+from foldstack.fsutil import (atomic_directory, is_complete, load_array, read_json, remove_stale_temporaries,
+                              save_array, write_json)
 
 log = logging.getLogger("foldstack")
 
 Reporter = Callable[[str, dict[str, Any]], None]
-FULL_FIT = -1  # the fold index of a refit on all training rows (runtime.refit_full)
 
 
 def _quiet(event: str, info: dict[str, Any]) -> None:
@@ -57,7 +57,7 @@ class Layout:
         return self.root / "base" / name
 
     def fold_dir(self, name: str, repeat: int, fold: int) -> Path:
-        return self.base(name) / ("full" if fold == FULL_FIT else f"fold-r{repeat}-k{fold}")
+        return self.base(name) / crossfit.member_name(repeat, fold)
 
     @property
     def stack(self) -> Path:
@@ -127,17 +127,15 @@ class FoldTask:
 
     @property
     def label(self) -> str:
-        return f"{self.model}/full" if self.fold == FULL_FIT else f"{self.model}/r{self.repeat}-k{self.fold}"
+        return crossfit.unit_label(self.model, self.repeat, self.fold)
+
+
+def fold_unit(cfg: Config, model: str, repeat: int, fold: int, folds_hash: str) -> crossfit.FoldUnit:
+    return crossfit.FoldUnit.of(cfg.base_model(model), repeat, fold, seed=cfg.seed, folds_hash=folds_hash)
 
 
 def fold_identity(cfg: Config, model: str, repeat: int, fold: int, data_hash: str, folds_hash: str) -> str:
-    from foldstack.models import code_version
-
-    spec = cfg.base_model(model)
-    return sha256_json({
-        "data": data_hash, "folds": folds_hash, "spec": spec.model_dump(mode="json"),
-        "code": code_version(spec.kind), "seed": cfg.seed, "repeat": repeat, "fold": fold,
-    })[:24]
+    return crossfit.fold_identity(fold_unit(cfg, model, repeat, fold, folds_hash), data_hash, folds_hash)
 
 
 def plan_fold_tasks(cfg: Config, models: list[str] | None = None) -> list[FoldTask]:
@@ -175,55 +173,35 @@ def train_fold(cfg: Config, model: str, repeat: int, fold: int, device: str | No
 
     Skips the work when a finished directory with the same identity exists (resume).
     """
-    from foldstack.ensemble import fit_fold_model
-    from foldstack.models.base import ModelContext
-
     layout = Layout.of(cfg)
     snapshot = load_snapshot(cfg)
     folds = load_folds(cfg)
-    task = FoldTask(model, repeat, fold, fold_identity(cfg, model, repeat, fold, snapshot.data_hash, folds.hash))
+    unit = fold_unit(cfg, model, repeat, fold, folds.hash)
+    task = FoldTask(model, repeat, fold, crossfit.fold_identity(unit, snapshot.data_hash, folds.hash))
     directory = layout.fold_dir(model, repeat, fold)
     if fold_task_done(cfg, task):
         return {"task": task.label, "identity": task.identity, "skipped": True, "seconds": 0.0}
 
-    spec = cfg.base_model(model)
-    if fold == FULL_FIT:
-        train_idx, val_idx = np.arange(folds.n_rows), np.arange(0)
-    else:
-        train_idx, val_idx = folds.split(repeat, fold)
-    texts = snapshot.train["text"].tolist()
-    y = snapshot.train["label"].to_numpy()
-    context = ModelContext(
-        n_classes=snapshot.n_classes, device=resolve_device(device or cfg.runtime.device),
-        seed=derive_seed(cfg.seed, task.identity), cache_dir=cfg.resolve_path(cfg.runtime.cache_dir),
-        base_dir=cfg.resolve_path("."),
-    )
+    device = resolve_device(device or cfg.runtime.device)
     started = time.perf_counter()
-    try:
-        estimator = fit_fold_model(spec.kind, spec.params, context, texts, y, train_idx)
-    except FoldstackError as exc:  # the kind alone does not say which base model failed
-        raise type(exc)(f"base_models.{model} (fold {task.label}): {exc}") from None
-    fit_seconds = time.perf_counter() - started
-    val_proba = _checked(estimator.predict_proba([texts[i] for i in val_idx]), len(val_idx), snapshot.n_classes,
-                         task.label) if len(val_idx) else np.zeros((0, snapshot.n_classes))
-    holdout_texts = snapshot.holdout["text"].tolist()
-    holdout_proba = _checked(estimator.predict_proba(holdout_texts), len(holdout_texts), snapshot.n_classes,
-                             task.label)
+    fitted = crossfit.fit_unit(unit, snapshot.train["text"].tolist(), snapshot.train["label"].to_numpy(), folds,
+                               n_classes=snapshot.n_classes, device=device,
+                               cache_dir=cfg.resolve_path(cfg.runtime.cache_dir), base_dir=cfg.resolve_path("."),
+                               holdout_texts=snapshot.holdout["text"].tolist())
     remove_stale_temporaries(directory.parent)
     with atomic_directory(directory) as tmp:
         (tmp / "model").mkdir()
-        estimator.save(tmp / "model")
-        save_array(tmp / "val_rows.npy", val_idx.astype(np.int64))
-        save_array(tmp / "val_proba.npy", val_proba)
-        save_array(tmp / "holdout_proba.npy", holdout_proba)
+        fitted.model.save(tmp / "model")
+        save_array(tmp / "val_rows.npy", fitted.val_rows.astype(np.int64))
+        save_array(tmp / "val_proba.npy", fitted.val_proba)
+        save_array(tmp / "holdout_proba.npy", fitted.holdout_proba)
         write_json(tmp / "task.json", {
-            "identity": task.identity, "model": model, "kind": spec.kind, "repeat": repeat, "fold": fold,
-            "n_train": int(len(train_idx)), "n_val": int(len(val_idx)), "device": context.device,
-            "seed": context.seed, "fit_seconds": round(fit_seconds, 3),
-            "seconds": round(time.perf_counter() - started, 3),
+            "identity": task.identity, "model": model, "kind": unit.spec.kind, "repeat": repeat, "fold": fold,
+            "n_train": fitted.n_train, "n_val": int(len(fitted.val_rows)), "device": device, "seed": unit.seed,
+            "fit_seconds": round(fitted.fit_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
         })
     return {"task": task.label, "identity": task.identity, "skipped": False,
-            "seconds": round(time.perf_counter() - started, 3), "device": context.device}
+            "seconds": round(time.perf_counter() - started, 3), "device": device}
 
 
 def _checked(proba: np.ndarray, n: int, n_classes: int, who: str) -> np.ndarray:
@@ -291,15 +269,11 @@ def load_base_predictions(cfg: Config) -> tuple[list[str], list[np.ndarray], lis
 def stack(cfg: Config) -> dict[str, Any]:
     """Choose (meta.kind auto) and fit the meta-learner on the OOF matrices; estimate its quality by CV on
     the OOF, keeping the folds' overlap groups whole; predict the holdout."""
-    from foldstack.meta import make_meta, select_meta
-
     snapshot = load_snapshot(cfg)
     groups = load_folds(cfg).group
     names, oofs, holdouts = load_base_predictions(cfg)
     y = snapshot.train["label"].to_numpy()
-    meta_seed = derive_seed(cfg.seed, "meta")
-    selection = select_meta(cfg.meta, oofs, y, snapshot.n_classes, meta_seed, groups)
-    meta = make_meta(selection.config, snapshot.n_classes, meta_seed).fit(oofs, y)
+    selection, meta = crossfit.fit_meta(cfg.meta, oofs, y, snapshot.n_classes, cfg.seed, groups)
     holdout_proba = _checked(meta.predict_proba(holdouts), len(snapshot.holdout), snapshot.n_classes, "meta")
     summary = {"kind": selection.config.kind, "requested": cfg.meta.kind, "reason": selection.reason,
                "base_models": names, "cv": selection.cv, "candidates": selection.candidates}

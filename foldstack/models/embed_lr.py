@@ -78,6 +78,12 @@ class EmbedLR:
         self.context = context
         self._loaded_encoder: SentenceEncoder | None = None
 
+    def __getstate__(self) -> dict:
+        # The frozen encoder is no part of what fit learned: it is reloaded from its source on first need (one
+        # per process, shared), so a pickled member (FoldStackClassifier, its worker processes' results) does
+        # not carry a copy of the transformer.
+        return {**self.__dict__, "_loaded_encoder": None}
+
     # ---------------------------------------------------------------------------------------------
     # embedding
     # ---------------------------------------------------------------------------------------------
