@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from foldstack.bundle import Bundle, load_bundle
-from foldstack.data import normalise_text, read_table
+from foldstack.data import read_table
 from foldstack.errors import DataError
 
 
@@ -24,22 +24,20 @@ def read_texts(path: Path, text_column: str) -> list[str]:
     if null.any():
         rows = (np.flatnonzero(null)[:5] + 1).tolist()
         raise DataError(f"{path}: column {text_column!r} is empty at row(s) {rows}")
-    # The same normalisation as training; lower-casing follows the bundle's own params.
+    # Raw texts: the bundle normalises them as its training data was (Bundle.prepare).
     return [str(t) for t in texts]
 
 
 def predictions_frame(bundle: Bundle, texts: list[str], batch_size: int = 1024,
                       progress: bool = False) -> pd.DataFrame:
-    lowercase = bundle.manifest["params"]["data"].get("lowercase", False)
-    clean = [normalise_text(t, lowercase) for t in texts]
     probas = []
-    batches = range(0, len(clean), batch_size)
+    batches = range(0, len(texts), batch_size)
     if progress:
         from rich.progress import track
 
         batches = track(batches, description="predicting", transient=True)
     for start in batches:
-        probas.append(bundle.predict_proba(clean[start:start + batch_size]))
+        probas.append(bundle.predict_proba(texts[start:start + batch_size]))  # the bundle normalises them
     proba = np.concatenate(probas) if probas else np.zeros((0, len(bundle.labels)))
     frame = pd.DataFrame({"row": np.arange(1, len(texts) + 1), "prediction": bundle.label_map.decode(proba.argmax(1))})
     for i, name in enumerate(bundle.label_map.names):

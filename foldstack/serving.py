@@ -245,14 +245,8 @@ class LoadedModel:
     path: Path
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
-    @property
-    def lowercase(self) -> bool:
-        return bool(self.bundle.manifest["params"]["data"].get("lowercase", False))
-
     def predict(self, texts: list[str]) -> dict[str, Any]:
-        from foldstack.data import normalise_text
-
-        proba = self.bundle.predict_proba([normalise_text(t, self.lowercase) for t in texts])
+        proba = self.bundle.predict_proba(texts)  # normalised by the bundle, as its training data was
         names = self.bundle.label_map.names
         labels = self.bundle.label_map.decode(proba.argmax(axis=1))
         return {
