@@ -52,8 +52,16 @@ def _gate_table(gate: dict[str, Any]) -> Table:
     return table
 
 
-# How `registry list` marks a version whose stored bytes cannot be served (at most as wide as "production").
-_BYTES_MARK = {"missing": "NO BYTES", "modified": "MODIFIED", "incomplete": "INCOMPLETE"}
+# How `registry list` marks a version whose stored bytes cannot be served (at most as wide as "production");
+# a version that is not here but was pushed to a DVC remote is NOT PULLED (pulled on first use).
+_BYTES_MARK = {"missing": "NO BYTES", "modified": "MODIFIED", "incomplete": "INCOMPLETE", "remote": "NOT PULLED"}
+
+
+def _bytes_state(version: Any, problem: tuple[str, str] | None) -> tuple[str, str] | None:
+    """A version missing here that was pushed to a DVC remote is `remote` (not pulled), not missing."""
+    if problem and problem[0] == "missing" and (version.record.get("dvc") or {}).get("remote"):
+        return "remote", problem[1]
+    return problem
 
 
 @registry_app.command("list")
@@ -67,7 +75,7 @@ def list_versions(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = 
     production = registry.production()
     metric = cfg.registry.gate_metric
     versions = registry.versions()
-    problems = {v.version: registry.stored_problem(v) for v in versions}
+    problems = {v.version: _bytes_state(v, registry.stored_problem(v)) for v in versions}
     table = Table(title=f"{registry.model_name} versions", title_justify="left")
     for column in ("version", "stage", "registered", "bundle", "data"):
         table.add_column(column, no_wrap=True)
@@ -80,19 +88,33 @@ def list_versions(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = 
         table.add_row(version.version, stage, version.created_at.strftime("%Y-%m-%d %H:%M"),
                       version.bundle_id or "-", str(version.record.get("data_hash") or "-")[:8],
                       _fmt(version.metric(metric)),
-                      style="bold red" if problem else "bold green" if is_production else None)
+                      style="yellow" if problem and problem[0] == "remote" else "bold red" if problem else
+                      "bold green" if is_production else None)
     if not table.rows:
         err.print(f"no version of {registry.model_name} is registered yet: `foldstack registry push` registers "
                   f"the current bundle")
         return
     out.print(table)
+    not_pulled = [v for v, p in problems.items() if p and p[0] == "remote"]
+    if not_pulled:
+        out.print(f"[yellow]not pulled here: {', '.join(not_pulled)}[/yellow]: `foldstack registry pull VERSION` "
+                  f"fetches one from the DVC remote (predict, serve-model, promote and rollback do so on demand)",
+                  soft_wrap=True)
     for version, problem in problems.items():
-        if problem:
+        if problem and problem[0] != "remote":
             out.print(f"[red]{version}: bytes {problem[0]}[/red] ({escape(problem[1])}): it cannot be served; "
                       f"`foldstack registry check` lists every problem, `--repair` deregisters it", soft_wrap=True)
 
 
 RefArg = Annotated[str, typer.Argument(help="a version (v0.2.0), 'production' or 'latest'")]
+
+
+def _dvc_bytes(record: dict[str, Any]) -> str:
+    dvc = record.get("dvc") or {}
+    if not dvc.get("md5"):
+        return "not versioned with DVC (registered by an older foldstack)"
+    where = f"on the DVC remote {dvc['remote']!r}" if dvc.get("remote") else "not pushed (no DVC remote then)"
+    return f"{dvc['md5']} ({dvc.get('nfiles')} files), {where}"
 
 
 @registry_app.command("show")
@@ -115,7 +137,8 @@ def show_version(ref: RefArg = "production", params: ParamsOpt = Path(DEFAULT_PA
             ("files sha256", record.get("content_digest")), ("data hash", record.get("data_hash")),
             ("fold hash", record.get("fold_hash")), ("labels", ", ".join(map(str, record.get("labels") or []))),
             ("base models", ", ".join(record.get("base_models") or [])), ("meta-learner", record.get("meta")),
-            ("code commit", record.get("source_commit")), ("registered from", record.get("registered_from"))]
+            ("code commit", record.get("source_commit")), ("registered from", record.get("registered_from")),
+            ("DVC bytes", _dvc_bytes(record))]
     rows += [(f"holdout {k.removeprefix('ensemble.')}", _fmt(v, 6))
              for k, v in sorted(record.get("metrics", {}).items())]
     try:
@@ -190,8 +213,12 @@ def check(repair: Annotated[bool, typer.Option("--repair", help="remove orphan a
     registry = GitModelRegistry.from_config(_config(params, set_))
     problems = registry.check(repair=repair)
     if not problems:
-        out.print(f"no problems: {len(registry.versions())} versions of {registry.model_name}, every one with "
-                  f"verified bytes in {registry.store}", soft_wrap=True)
+        versions = registry.versions()
+        remote_only = [v.version for v in versions if registry.stored_problem(v) is not None]
+        where = (f"; {len(remote_only)} of them only on the DVC remote ({', '.join(remote_only)}: "
+                 f"`foldstack registry pull`)" if remote_only else "")
+        out.print(f"no problems: {len(versions)} versions of {registry.model_name}, every one with verified bytes "
+                  f"in {registry.store}{where}", soft_wrap=True)
         return
     table = Table(title=f"{registry.model_name} registry check ({registry.store})", title_justify="left")
     table.add_column("problem", no_wrap=True)
@@ -211,6 +238,46 @@ def check(repair: Annotated[bool, typer.Option("--repair", help="remove orphan a
     out.print(f"repaired {len(problems)} problem{'s' if len(problems) > 1 else ''}")
 
 
+@registry_app.command("pull")
+def pull(ref: Annotated[str, typer.Argument(help="a version (v0.2.0), 'production' or 'latest'")] = "production",
+         all_versions: Annotated[bool, typer.Option("--all", help="every registered version")] = False,
+         remote: Annotated[str | None, typer.Option(help="the DVC remote (default: the project's default)")] = None,
+         params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Put a version's bundle into the local store from the DVC remote (or, with no remote configured, from the
+    W&B model registry when online), verified against its registered manifest. Nothing to do when it is here."""
+    from foldstack.bundle import verify_bundle
+    from foldstack.registry import GitModelRegistry
+
+    registry = GitModelRegistry.from_config(_config(params, set_))
+    for version in registry.versions() if all_versions else [registry.resolve(ref)]:
+        path, source = registry.pull(version, remote=remote)
+        files = len(verify_bundle(path)["files"])
+        where = f"pulled from {escape(source)}" if source else "already in the local store"
+        out.print(f"{registry.model_name} [bold]{version.version}[/bold]: {where}; {files} files verified in "
+                  f"{escape(str(path))}", soft_wrap=True)
+
+
+@registry_app.command("upload")
+def upload(ref: Annotated[str | None, typer.Argument(help="a version, 'production' or 'latest' (default: every "
+                                                          "version)")] = None,
+           remote: Annotated[str | None, typer.Option(help="the DVC remote (default: the project's default)")] = None,
+           params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Send stored versions' bytes to the DVC remote: those registered while no remote was configured (a push
+    does this itself once a remote is). Exit code 1 if one could not be sent."""
+    from foldstack.registry import GitModelRegistry
+
+    registry = GitModelRegistry.from_config(_config(params, set_))
+    results = registry.upload(registry.versions() if ref is None else [registry.resolve(ref)], remote=remote)
+    table = Table(title=f"{registry.model_name}: bytes to the DVC remote", title_justify="left")
+    table.add_column("version", no_wrap=True)
+    table.add_column("result", overflow="fold")
+    for version, what, ok in results:
+        table.add_row(version, what, style=None if ok else "red")
+    out.print(table)
+    if not all(ok for _, _, ok in results):
+        raise typer.Exit(1)
+
+
 @registry_app.command("push")
 def push(bundle: Annotated[Path | None, typer.Option(help="the bundle (default: the pipeline's bundle)")] = None,
          log_pipeline: Annotated[bool, typer.Option(help="also log the run's metrics, tables and plots")] = True,
@@ -224,6 +291,12 @@ def push(bundle: Annotated[Path | None, typer.Option(help="the bundle (default: 
     elif result["version"]:
         out.print(f"already registered as [bold]{result['model']} {result['version']}[/bold] "
                   f"({result.get('tag')}): the same bundle, so no new version", soft_wrap=True)
+    stored = result.get("bytes")
+    if stored and stored.get("remote"):
+        out.print(f"bytes: DVC {stored['dvc_md5']} on the DVC remote {stored['remote']!r} (another clone: "
+                  f"`foldstack registry pull`)", soft_wrap=True)
+    elif stored:
+        out.print("bytes: in the local store only (no DVC remote is configured)", soft_wrap=True)
     if result["gate"]:
         out.print(_gate_table(result["gate"]))
     out.print(f"production: [bold]{result['production_version'] or 'none'}[/bold]"

@@ -12,6 +12,16 @@ Git-native registry (the embedded default; works offline)
     one-second resolution): production is the version assigned last and not unassigned since. Promotion
     assigns the new version and unassigns the others, so `gto show`/`gto which` agree with foldstack.
 
+Bytes that travel (foldstack/registry_store.py)
+    Before its tag, a version's store directory is hashed into the DVC project's cache (one `.dir` object, as
+    `dvc add` makes) and pushed to the project's default DVC remote; the `.dir` hash goes into the record and
+    a pointer file `registry/<model>/<version>.dvc` into the record commit's tree. A push that fails leaves no
+    tag. Without a remote the version is registered with its bytes on this machine only (said once).
+    Where the store lacks a version (a fresh clone, a serving host), `pull` fetches it from the DVC remote -
+    or, with no remote configured, from the W&B model registry when online - into a temporary directory,
+    verifies it against the registered manifest and renames it into place; `predict --model`, `serve-model`,
+    the gate, promote and rollback pull on demand.
+
 Several processes at once (two `registry push`, a push and a promote)
     Every write holds the registry's lock (`<store>/.lock`, an flock the kernel drops if its holder dies):
     choosing the next version, copying the bytes, making the tag, and the stage tags. The bytes go into a
@@ -59,6 +69,8 @@ from typing import TYPE_CHECKING, Any
 from foldstack.bundle import MANIFEST, verify_bundle
 from foldstack.errors import BundleError, FoldstackError
 from foldstack.faults import failpoint
+from foldstack.registry_store import (DirHash, DvcBytes, RemoteBytesError, VersionBytes, WandbBytes, find_dvc_root,
+                                      pointer_path, pointer_text, remove_tree)
 from foldstack.fsutil import (COMPLETE_MARKER, exclusive_lock, process_alive, read_json, sha256_file, sha256_json,
                               temporary_writer, write_json)
 
@@ -78,6 +90,12 @@ _SCORE_EPSILON = 1e-12
 
 class RegistryError(FoldstackError):
     """The model registry cannot do what was asked (no repository, unknown version, nothing to roll back)."""
+
+
+class PullError(RegistryError):
+    """A version's bytes are not in the local store and cannot be fetched (no remote, unreachable, modified)."""
+
+
 
 
 # ============================================================================================ git helpers
@@ -181,13 +199,19 @@ class GitModelRegistry:
     """Versions and the production stage of one model as GTO git tags; bundle bytes in a local store."""
 
     def __init__(self, repo: Path, model_name: str, store: Path, *, version_bump: str = "minor",
-                 push_tags: bool = False, lock_timeout: float = 600.0):
+                 push_tags: bool = False, lock_timeout: float = 600.0, dvc_root: Path | str | None = "find",
+                 wandb: WandbBytes | None = None):
         self.repo = Path(repo)
         self.model_name = model_name
         self.store = Path(store)
         self.version_bump = version_bump
         self.push_tags = push_tags
         self.lock_timeout = lock_timeout
+        # Where the versions' bytes travel: the DVC project's cache and default remote ("find": the repository's
+        # root if it is a DVC project; None: none, so they stay on this machine), else W&B (online only).
+        self.bytes = VersionBytes(model_name, self.store,
+                                  DvcBytes(find_dvc_root(self.repo, self.repo) if dvc_root == "find" else dvc_root),
+                                  wandb)
 
     @classmethod
     def from_config(cls, cfg: Config) -> GitModelRegistry:
@@ -195,7 +219,8 @@ class GitModelRegistry:
             raise RegistryError("the git-native registry is switched off (registry.git_registry: false)")
         repo = git_toplevel(cfg.resolve_path("."))
         return cls(repo, cfg.registry.model_name, cfg.resolve_path(cfg.registry.store_dir) / cfg.registry.model_name,
-                   version_bump=cfg.registry.version_bump, push_tags=cfg.registry.push_tags)
+                   version_bump=cfg.registry.version_bump, push_tags=cfg.registry.push_tags,
+                   dvc_root=find_dvc_root(cfg.resolve_path("."), repo), wandb=WandbBytes(cfg))
 
     # ------------------------------------------------------------------------------------------ reading
     def _tags(self) -> list[_Tag]:
@@ -322,12 +347,61 @@ class GitModelRegistry:
         manifest = path / MANIFEST
         if not manifest.is_file():
             raise BundleError(f"{self.model_name} {version.version}: its bundle is not in the local store ({path}); "
-                              f"it was registered on another machine or the store was deleted")
+                              f"it was registered on another machine or the store was deleted: "
+                              f"`foldstack registry pull {version.version}` fetches it")
         expected = version.record.get("manifest_sha256")
         if expected and sha256_file(manifest) != expected:
             raise BundleError(f"{manifest}: does not match the manifest registered as {version.version} "
                               f"(sha256 {expected[:12]}...); the registered bundle was modified")
         return path
+
+    def ensure_local(self, version: ModelVersion, *, remote: str | None = None) -> Path:
+        """`bundle_path`, after pulling the version into the local store if the store lacks it."""
+        return self.pull(version, remote=remote)[0]
+
+    def pull(self, version: ModelVersion, *, remote: str | None = None) -> tuple[Path, str | None]:
+        """Put `version`'s bytes into the local store if they are not there: from the DVC remote (`remote`, default
+        the project's default remote), or from the W&B model registry when no DVC remote is configured and W&B
+        is online. Returns (bundle path, where they came from; None when they were here already).
+
+        The copy is verified against the version's registered manifest (and every file's sha256) in a temporary
+        directory before it is renamed into place, under the registry's lock; anything else is refused.
+        """
+        source = None
+        if not (self.store_path(version.version) / MANIFEST).is_file():
+            with self.locked():
+                if not (self.store_path(version.version) / MANIFEST).is_file():  # not pulled meanwhile
+                    source = self._restore(version, remote)
+        return self.bundle_path(version), source
+
+    def _restore(self, version: ModelVersion, remote: str | None) -> str:
+        final = self.store_path(version.version)
+        if final.exists():
+            raise PullError(f"{final} exists but holds no bundle manifest, so it is not {version.version}'s "
+                            f"registered bytes; move it away, then pull again")
+        self.store.mkdir(parents=True, exist_ok=True)
+        tmp = self.store / f".{version.version}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            source = self.bytes.fetch(version, tmp, remote)  # verified against the registration, or raises
+            os.replace(tmp, final)
+        except RemoteBytesError as exc:
+            remove_tree(tmp)
+            raise PullError(f"{self.model_name} {version.version}: its bundle is not in the local store "
+                            f"({self.store}) and {exc}") from None
+        except BaseException:
+            remove_tree(tmp)  # only this call's own temporary directory
+            raise
+        log.warning("%s %s: pulled into %s and verified against its registration", self.model_name,
+                    version.version, final)
+        return source
+
+    def upload(self, versions: Iterable[ModelVersion], *, remote: str | None = None) -> list[tuple[str, str, bool]]:
+        """Send stored versions' bytes to the DVC remote (those registered while none was configured): one
+        (version, what happened, ok) each (`VersionBytes.upload`)."""
+        try:
+            return [self.bytes.upload(version, self.store_path(version.version), remote) for version in versions]
+        except RemoteBytesError as exc:
+            raise RegistryError(str(exc)) from None
 
     def stored_problem(self, version: ModelVersion, *, verify_files: bool = False) -> tuple[str, str] | None:
         """Why the stored bytes of `version` cannot be served - (state, detail) with state `missing`,
@@ -387,19 +461,35 @@ class GitModelRegistry:
             version = self._bump(version)
         return version
 
-    def _record_commit(self, version: str, record: dict[str, Any]) -> str:
-        """A commit of HEAD's tree with HEAD as parent, for this version alone (GTO: one version per commit)."""
+    def _record_commit(self, version: str, record: dict[str, Any], files: Mapping[str, str] | None = None) -> str:
+        """A commit of HEAD's tree (plus `files`: {path: text}) with HEAD as parent, for this version alone (GTO:
+        one version per commit)."""
         name, email = _identity(self.repo)
         env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_NAME": name,
                "GIT_COMMITTER_EMAIL": email}
         head = _head(self.repo)  # None in a repository without commits yet: the record commit has no parent
-        tree = _git(self.repo, "rev-parse", f"{head}^{{tree}}").strip() if head else \
-            _git(self.repo, "mktree", input_text="").strip()
+        tree = self._tree_with(head, files or {})
         message = (f"foldstack registry: {self.model_name} {version}\n\n"
                    f"bundle {record['bundle_id']} (sha256 of files {record['content_digest'][:16]}), "
                    f"data {record.get('data_hash')}\n")
         args = ["commit-tree", tree, "-m", message] + (["-p", head] if head else [])
         return _git(self.repo, *args, env=env).strip()
+
+    def _tree_with(self, head: str | None, files: Mapping[str, str]) -> str:
+        """HEAD's tree (empty without HEAD) with `files` added, written through a private index: neither the
+        repository's index nor its working tree is touched."""
+        if not files:
+            return _git(self.repo, "rev-parse", f"{head}^{{tree}}").strip() if head else \
+                _git(self.repo, "mktree", input_text="").strip()
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="foldstack-index-") as scratch:
+            env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+            _git(self.repo, "read-tree", *([head] if head else ["--empty"]), env=env)
+            for path, text in files.items():
+                blob = _git(self.repo, "hash-object", "-w", "--stdin", input_text=text).strip()
+                _git(self.repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+            return _git(self.repo, "write-tree", env=env).strip()
 
     def register(self, bundle_path: Path) -> tuple[ModelVersion, bool]:
         """Register a verified bundle as a new version; (version, created).
@@ -420,7 +510,9 @@ class GitModelRegistry:
             stored_manifest = self._store(bundle_path, version, content_digest)
             failpoint("registry-bytes-stored")  # a crash here must leave no tag, only an untagged directory
             try:
-                tag = self._tag_version(version, manifest, content_digest, stored_manifest, bundle_path)
+                dir_hash, remote = self._version_bytes(version)  # in DVC's cache and on its remote, or raises
+                tag = self._tag_version(version, manifest, content_digest, stored_manifest, bundle_path,
+                                        dir_hash, remote)
             except BaseException:
                 # This call made these bytes a moment ago, under the lock; unless the tag exists after all,
                 # nothing names them, so they are removed rather than left as an orphan.
@@ -430,9 +522,16 @@ class GitModelRegistry:
             self._push(tag)
             return self.get(version), True
 
+    def _version_bytes(self, version: str) -> tuple[DirHash, str | None]:
+        """Version the stored bytes with DVC before the tag (`VersionBytes.save`): a push that fails raises."""
+        try:
+            return self.bytes.save(version, self.store_path(version))
+        except RemoteBytesError as exc:
+            raise RegistryError(str(exc)) from None
+
     def _tag_version(self, version: str, manifest: Mapping[str, Any], content_digest: str, stored_manifest: Path,
-                     bundle_path: Path) -> str:
-        """Make the version's record commit and its GTO tag; returns the tag's name."""
+                     bundle_path: Path, dir_hash: DirHash | None = None, remote: str | None = None) -> str:
+        """Make the version's record commit (with the bytes' DVC pointer) and its GTO tag; returns the tag."""
         import gto.api
         from gto.exceptions import GTOException
 
@@ -448,7 +547,11 @@ class GitModelRegistry:
             "registered_from": str(bundle_path.resolve()),
             "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        commit = self._record_commit(version, record)
+        files = {}
+        if dir_hash is not None:
+            record["dvc"] = dir_hash.record(remote)
+            files[pointer_path(self.model_name, version)] = pointer_text(self.model_name, version, dir_hash)
+        commit = self._record_commit(version, record, files)
         name, email = _identity(self.repo)
         summary = ", ".join(f"{m} {metrics[f'ensemble.{m}']:.4f}" for m in ("log_loss", "accuracy", "macro_f1")
                             if f"ensemble.{m}" in metrics)
@@ -527,7 +630,7 @@ class GitModelRegistry:
         from gto.exceptions import GTOException
 
         target = self.get(version)
-        verify_bundle(self.bundle_path(target))
+        verify_bundle(self.ensure_local(target))  # pulled first where this store lacks it (another clone)
         current = self.production()
         if current is not None and current.version == target.version:
             return target
@@ -608,6 +711,11 @@ class GitModelRegistry:
             if version.deregistered:  # retired: its bytes need not be servable
                 continue
             found = self.stored_problem(version, verify_files=True)
+            if found is not None and found[0] == "missing":
+                found = self.bytes.remote_state(version, found[1])  # a clone that has not pulled it: fine
+                if found is not None and found[0] == "unavailable":
+                    problems.append(StoreProblem("unavailable", version.version, found[1], removable=False))
+                    continue
             if found is not None:
                 problems.append(StoreProblem("dangling tag", version.version, f"bytes {found[0]}: {found[1]}"))
         for entry in sorted(self.store.iterdir()) if self.store.is_dir() else []:
@@ -666,8 +774,10 @@ class GitModelRegistry:
 
 @dataclass(frozen=True)
 class StoreProblem:
-    """One thing `registry check` found: a `dangling tag` (a version whose bytes are missing or fail
-    verification), an `orphan directory` (store bytes no tag names) or a `temporary` (an interrupted write)."""
+    """One thing `registry check` found: a `dangling tag` (a version whose bytes are missing - here and on the
+    DVC remote - or fail verification), an `orphan directory` (store bytes no tag names), a `temporary` (an
+    interrupted write) or an `unavailable` version (pushed to a DVC remote, but neither here nor on the one this
+    checkout can reach: left alone, since it is not known to be lost)."""
 
     kind: str
     name: str  # the version, or the entry's name in the store directory
@@ -795,7 +905,6 @@ def score_bundle_on_holdout(bundle_path: Path, cfg: Config, metric: str) -> tupl
     retrain would otherwise cost more than the retrain).
     """
     from foldstack.bundle import load_bundle, verify_bundle
-    from foldstack.data import normalise_text
     from foldstack.metrics import classification_report
     from foldstack.stages import load_snapshot
 
@@ -808,9 +917,8 @@ def score_bundle_on_holdout(bundle_path: Path, cfg: Config, metric: str) -> tupl
     bundle = load_bundle(bundle_path)
     if [str(x) for x in bundle.labels] != snapshot.label_map.names:
         raise _Incomparable(f"its labels {bundle.labels} differ from the holdout's {snapshot.label_map.names}")
-    lowercase = bundle.manifest["params"]["data"].get("lowercase", False)
-    texts = [normalise_text(t, lowercase) for t in snapshot.holdout["text"].tolist()]
-    proba = bundle.predict_proba(texts)
+    texts = snapshot.holdout["text"].tolist()
+    proba = bundle.predict_proba(texts)  # normalised by the bundle, as its training data was
     report = classification_report(snapshot.holdout["label"].to_numpy(), proba, snapshot.label_map.names,
                                    cfg.evaluate.ece_bins)
     return float(report[metric]), len(texts), bundle.manifest
@@ -1072,8 +1180,10 @@ def _register_and_gate_locked(cfg: Config, registry: GitModelRegistry, bundle_pa
     version, created = registry.register(bundle_path)
     candidate_path = registry.bundle_path(version)
     production = registry.production()
+    dvc = version.record.get("dvc") or {}
     outcome.update(version=version.version, tag=version.tag, created=created,
-                   previous_production=production.version if production else None)
+                   previous_production=production.version if production else None,
+                   bytes={"dvc_md5": dvc.get("md5"), "remote": dvc.get("remote")})
     if production is not None and production.version == version.version:
         decision = GateDecision(metric=cfg.registry.gate_metric, tolerance=cfg.registry.gate_tolerance,
                                 outcome="is_production", candidate_version=version.version,
@@ -1083,8 +1193,8 @@ def _register_and_gate_locked(cfg: Config, registry: GitModelRegistry, bundle_pa
         production_path = None
         if production is not None:
             try:
-                production_path = registry.bundle_path(production)
-            except BundleError as exc:
+                production_path = registry.ensure_local(production)  # pulled if this clone lacks it
+            except (BundleError, RegistryError) as exc:
                 decision = GateDecision(metric=cfg.registry.gate_metric, tolerance=cfg.registry.gate_tolerance,
                                         outcome="incomparable", candidate_version=version.version,
                                         production_version=production.version,
@@ -1190,7 +1300,7 @@ def resolve_model(ref: str | Path, cfg: Config | None = None, *, params: str | P
 
         cfg = load_config(params or DEFAULT_PARAMS_FILE)
     registry = GitModelRegistry.from_config(cfg)
-    return registry.bundle_path(registry.resolve(str(ref)))
+    return registry.ensure_local(registry.resolve(str(ref)))
 
 
 def resolve_model_version(ref: str, cfg: Config) -> tuple[Path, str]:
@@ -1201,7 +1311,7 @@ def resolve_model_version(ref: str, cfg: Config) -> tuple[Path, str]:
         return path, manifest.get("registry_version") or manifest.get("bundle_id", path.name)
     registry = GitModelRegistry.from_config(cfg)
     version = registry.resolve(ref)
-    return registry.bundle_path(version), version.version
+    return registry.ensure_local(version), version.version
 
 
 def sync_pending(cfg: Config, *, links: WandbLinks | None = None,
