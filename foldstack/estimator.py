@@ -118,7 +118,7 @@ class FoldStackClassifier(ClassifierMixin, BaseEstimator):
             if left_out and warn:
                 names = ", ".join(f"{name} (needs the package {module})" for name, module in left_out.items())
                 warnings.warn(f"{_NAME}: the recommended stack is fitted without {names}: install "
-                              f"foldstack[pretrained] to include it", UserWarning, stacklevel=3)
+                              f"foldstack[pretrained] to include it", UserWarning, stacklevel=4)  # the caller of fit
             return models
         if isinstance(self.base_models, dict):  # params.yaml's mapping form: name -> {kind, params}
             return [{**dict(spec), "name": name} for name, spec in self.base_models.items()]

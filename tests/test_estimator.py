@@ -4,7 +4,6 @@ cross-fitting core it shares with the pipeline (bit-identical OOF), the bundle i
 from __future__ import annotations
 
 import importlib.util
-import os
 import pickle
 import re
 import subprocess
@@ -33,11 +32,11 @@ from foldstack.config import load_config
 from foldstack.crossfit import plan_units
 from foldstack.data import normalise_text
 from foldstack.default_stack import RECOMMENDED_BASE_MODELS
+from foldstack.demo import make_demo_frame
 from foldstack.estimator import FoldStackClassifier
 from foldstack.fsutil import load_array, read_json
 from foldstack.predict import predictions_frame
 from foldstack.serving import LoadedModel
-from foldstack.demo import make_demo_frame
 from tests.conftest import write_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +135,8 @@ def test_every_text_container_gives_the_same_predictions(fitted, reviews):
 
 BAD_FITS = {
     "one string as X": (lambda texts, y: ("just one text", y), "single string"),
-    "a missing text": (lambda texts, y: (texts.where(texts.index != 3, None), y), r"X\[3\] is a \w+ \(.*\), not a text"),
+    "a missing text": (lambda texts, y: (texts.where(texts.index != 3, None), y),
+                       r"X\[3\] is a \w+ \(.*\), not a text"),
     "two columns": (lambda texts, y: (pd.DataFrame({"a": texts, "b": texts}), y), "2 columns"),
     "one class": (lambda texts, y: (texts, ["same"] * len(texts)), "one class"),
     "continuous y": (lambda texts, y: (texts, np.linspace(0, 1, len(texts))), "Unknown label type"),
@@ -257,7 +257,8 @@ def _check_id(obj) -> str:
     if isinstance(obj, NumbersAsWords):
         return "NumbersAsWords"
     check = obj.func if isinstance(obj, partial) else obj
-    return getattr(check, "__name__", repr(check)) + "".join(f"-{k}={v}" for k, v in getattr(obj, "keywords", {}).items())
+    keywords = "".join(f"-{key}={value}" for key, value in getattr(obj, "keywords", {}).items())
+    return getattr(check, "__name__", repr(check)) + keywords
 
 
 @pytest.mark.parametrize("estimator, check", list(estimator_checks_generator(
@@ -289,7 +290,8 @@ def test_without_the_pretrained_extra_the_embedding_model_is_left_out_with_a_war
 
 
 # ------------------------------------------------------------- 3. one cross-fitting core, bit-identical OOF
-SEEDED = [{"name": "lr", "kind": "tfidf_lr"}, {"name": "svm", "kind": "tfidf_char_svm"}, {"name": "nb", "kind": "nb_svm"}]
+SEEDED = [{"name": "lr", "kind": "tfidf_lr"}, {"name": "svm", "kind": "tfidf_char_svm"},
+          {"name": "nb", "kind": "nb_svm"}]
 
 
 @pytest.fixture(scope="module")
@@ -386,4 +388,3 @@ def test_readme_estimator_examples_run_as_written(tmp_path, monkeypatch):
     verify_bundle(tmp_path / "my_bundle")
     assert np.isfinite(namespace["scores"]).all()
     assert namespace["search"].best_params_["meta"] in namespace["grid"]["meta"]
-    assert os.environ["FOLDSTACK_CACHE_DIR"] == str(tmp_path / "cache")
