@@ -228,34 +228,17 @@ class DvcBytes:
         into `target`, which must not exist. Returns a description of the remote, for messages."""
         from dvc_data.hashfile.checkout import checkout
         from dvc_data.hashfile.hash_info import HashInfo
-        from dvc_data.hashfile.tree import Tree
 
         repo = self._open()
         try:
             where = self._describe(repo, remote)
             cache = repo.cache.local
             dir_info = HashInfo(HASH_NAME, dir_hash.md5)
-            try:
-                odb = repo.cloud.get_remote_odb(remote, "pull")
-                _reachable(odb)
-                # The listing first (its own md5 is its name, checked like any object), then what it lists.
-                self._transfer(repo, odb, {dir_info})
-                try:
-                    tree = Tree.load(cache, dir_info)
-                except FileNotFoundError:
-                    raise RemoteBytesError(self._absent(where, dir_hash, "the directory listing")) from None
-                self._transfer(repo, odb, _tree_objects(tree))
-            except _Unreachable as exc:
-                raise RemoteBytesError(f"cannot reach the DVC remote {where}: {exc}") from None
-            except RemoteBytesError:
-                raise
-            except Exception as exc:
-                raise RemoteBytesError(f"cannot reach the DVC remote {where}: {_one_line(exc)}") from None
-            bad = [("/".join(key), oid.value) for key, _, oid in tree if not self._intact(cache, oid.value)]
-            if bad:
-                names = ", ".join(name for name, _ in bad[:3])
-                raise RemoteBytesError(self._absent(where, dir_hash, f"{len(bad)} of the {len(tree)} files "
-                                                                     f"({names})"))
+            tree = self._cached_tree(cache, dir_info)
+            if tree is not None:  # this project's cache already holds every object (the registering machine)
+                where += ", already in this project's DVC cache"
+            else:
+                tree = self._fetch_tree(repo, remote, where, dir_hash, dir_info)
             plain = copy.copy(cache)
             plain.cache_types = ["copy"]  # never links: the store's files must not share the cache's
             target.mkdir(parents=True)
@@ -263,6 +246,42 @@ class DvcBytes:
             return where
         finally:
             repo.close()
+
+    def _cached_tree(self, cache: Any, dir_info: Any) -> Any:
+        """The directory's tree when the cache holds its listing and every file intact, else None."""
+        from dvc_data.hashfile.tree import Tree
+
+        if not self._intact(cache, dir_info.value):
+            return None
+        tree = Tree.load(cache, dir_info)
+        return tree if all(self._intact(cache, oid.value) for _, _, oid in tree) else None
+
+    def _fetch_tree(self, repo: Any, remote: str, where: str, dir_hash: DirHash, dir_info: Any) -> Any:
+        """Fetch the listing, then every file it lists, from `remote` into the cache; the tree once every object
+        is there with its md5 as its name."""
+        from dvc_data.hashfile.tree import Tree
+
+        cache = repo.cache.local
+        try:
+            odb = repo.cloud.get_remote_odb(remote, "pull")
+            _reachable(odb)
+            # The listing first (its own md5 is its name, checked like any object), then what it lists.
+            self._transfer(repo, odb, {dir_info})
+            if not self._intact(cache, dir_info.value):
+                raise RemoteBytesError(self._absent(where, dir_hash, "the directory listing"))
+            tree = Tree.load(cache, dir_info)
+            self._transfer(repo, odb, _tree_objects(tree))
+        except _Unreachable as exc:
+            raise RemoteBytesError(f"cannot reach the DVC remote {where}: {exc}") from None
+        except RemoteBytesError:
+            raise
+        except Exception as exc:
+            raise RemoteBytesError(f"cannot reach the DVC remote {where}: {_one_line(exc)}") from None
+        bad = ["/".join(key) for key, _, oid in tree if not self._intact(cache, oid.value)]
+        if bad:
+            raise RemoteBytesError(self._absent(where, dir_hash, f"{len(bad)} of the {len(tree)} files "
+                                                                 f"({', '.join(bad[:3])})"))
+        return tree
 
     @staticmethod
     def _transfer(repo: Any, odb: Any, objects: set[Any]) -> None:

@@ -281,6 +281,12 @@ def test_no_version_is_registered_when_the_remote_cannot_take_the_bytes(trained,
     down.unlink()  # the remote is back: the same push registers it
     assert "registered foldstack-ensemble v0.1.0" in output(push(root, trained.better))
 
+    # The registering machine's own DVC cache holds the objects: a deleted store is restored without the remote.
+    shutil.rmtree(root / STORE / "v0.1.0")
+    down.rename(tmp_path / "remote-away")
+    assert "already in this project's DVC cache" in output(run(root, "foldstack", "registry", "pull"))
+    assert store_entries(root) == ["v0.1.0"]
+
 
 def test_without_a_remote_the_bytes_stay_local_until_uploaded(trained, tmp_path):
     root = make_project(tmp_path / "here", trained, None)
