@@ -69,10 +69,10 @@ from typing import TYPE_CHECKING, Any
 from foldstack.bundle import MANIFEST, verify_bundle
 from foldstack.errors import BundleError, FoldstackError
 from foldstack.faults import failpoint
-from foldstack.registry_store import (DirHash, DvcBytes, RemoteBytesError, VersionBytes, WandbBytes, find_dvc_root,
-                                      pointer_path, pointer_text, remove_tree)
 from foldstack.fsutil import (COMPLETE_MARKER, exclusive_lock, process_alive, read_json, sha256_file, sha256_json,
                               temporary_writer, write_json)
+from foldstack.registry_store import (DirHash, DvcBytes, RemoteBytesError, VersionBytes, WandbBytes, find_dvc_root,
+                                      pointer_path, pointer_text, remove_tree)
 
 if TYPE_CHECKING:
     from foldstack.config import Config
@@ -94,8 +94,6 @@ class RegistryError(FoldstackError):
 
 class PullError(RegistryError):
     """A version's bytes are not in the local store and cannot be fetched (no remote, unreachable, modified)."""
-
-
 
 
 # ============================================================================================ git helpers
@@ -1330,7 +1328,8 @@ def sync_pending(cfg: Config, *, links: WandbLinks | None = None,
 
 
 __all__ = [
-    "PRODUCTION", "GateDecision", "GitModelRegistry", "ModelVersion", "RegistryError", "StageEvent", "StoreProblem",
+    "PRODUCTION", "GateDecision", "GitModelRegistry", "ModelVersion", "PullError", "RegistryError", "StageEvent",
+    "StoreProblem",
     "WandbLinks",
     "evaluate_gate", "gate_decision", "promote_version", "register_bundle",
     "registry_target", "resolve_model", "resolve_model_version", "rollback_production", "score_bundle_on_holdout",

@@ -125,15 +125,6 @@ class DvcBytes:
         finally:
             repo.close()
 
-    def describe(self, remote: str) -> str:
-        """'name (url)' of a remote, for messages."""
-        repo = self._open()
-        try:
-            url = repo.config["remote"].get(remote, {}).get("url")
-        finally:
-            repo.close()
-        return f"{remote!r} ({url})" if url else repr(remote)
-
     def no_remote_hint(self) -> str:
         if self.root is None:
             return ("there is no DVC project here (`dvc init`, then `dvc remote add -d storage <url>`: a directory "
@@ -317,7 +308,8 @@ class DvcBytes:
 
 class VersionBytes:
     """Where one registry's versions' bytes travel: the DVC project's cache and default remote, else the W&B
-    model registry. Every error is a RemoteBytesError whose message completes "<model> <version>: ... and"."""
+    model registry. Errors are RemoteBytesErrors; those of `fetch` complete "<model> <version>: its bundle is
+    not in the local store and ..."."""
 
     _said_local_only: set[str] = set()  # stores whose "bytes are local only" note this process has shown
 
