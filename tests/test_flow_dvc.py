@@ -1,7 +1,7 @@
 """Incremental reruns of the train flow: DVC's view of stale stages decides which stage tasks recompute.
 
 In a throwaway git + DVC project (tests/test_dvc.py's template): a first flow run computes everything and
-commits dvc.lock; a second run with nothing changed recomputes no stage; after a change of `meta.C` only
+commits dvc.lock; a second run with nothing changed recomputes no stage; after a change of `meta.kind` only
 stack, evaluate and register run. Asserted from the flow's printed result and its log.
 """
 
@@ -46,7 +46,7 @@ def _stage_outputs(root: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def runs(template, tmp_path_factory) -> dict:  # noqa: F811
-    """Three flow runs in one project: the first, one with nothing changed, one after `meta.C` changed."""
+    """Three flow runs in one project: the first, one with nothing changed, one after `meta.kind` changed."""
     root = tmp_path_factory.mktemp("flow_dvc") / "project"
     shutil.copytree(template, root, symlinks=True)
     prefect_home = root.parent / ".prefect"
@@ -56,7 +56,7 @@ def runs(template, tmp_path_factory) -> dict:  # noqa: F811
     outputs_before = _stage_outputs(root)
     record["again"], record["again_log"] = _run_flow(root, prefect_home)
     record["rewritten_by_again"] = sorted(k for k, v in _stage_outputs(root).items() if outputs_before.get(k) != v)
-    _set_param(root, "meta", "C", 0.05)
+    _set_param(root, "meta", "kind", "vote")  # not an `auto` candidate: the metrics must change
     record["meta"], record["meta_log"] = _run_flow(root, prefect_home)
     record["plan_after"] = plan_reruns(root)
     return record
