@@ -158,6 +158,7 @@ def test_same_text_with_two_labels(tmp_path, good_frame):
     summary, entry = _failure(tmp_path, frame, "consistent_labels")
     assert _rows(entry) == [31, 41]
     assert entry["examples"][0]["labels_of_this_text"] == ["negative", "positive"]
+    assert "set validation.severity.consistent_labels: warn" in summary  # how to relax it
 
 
 def test_row_count_bounds(tmp_path, good_frame):
@@ -173,6 +174,7 @@ def test_holdout_text_present_in_training(tmp_path, good_frame):
     summary, entry = _failure(tmp_path, train, "holdout_not_in_training", test_frame=test)
     assert _rows(entry) == [6]  # the 6th row of the holdout file
     assert entry["batch"] == "holdout"
+    assert "--set validation.severity.holdout_not_in_training=warn" in summary  # how to relax it
 
 
 def test_every_broken_rule_is_reported_at_once(tmp_path, good_frame):
