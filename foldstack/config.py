@@ -281,8 +281,7 @@ class Config(_Section):
         """Every transformer a base model names is there: a missing model directory fails before any fold
         trains, not when that model's turn comes after the others have trained. Not part of validation
         itself: a machine that only loads a bundle (serving, predicting) needs no model sources."""
-        from foldstack.doctor import TRANSFORMER_KINDS
-        from foldstack.models.hf import TINY_PREFIX, resolve_model_source
+        from foldstack.models.hf import TINY_PREFIX, TRANSFORMER_KINDS, resolve_model_source
 
         for spec in self.base_models:
             source = spec.params.get("model")

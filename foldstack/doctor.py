@@ -25,12 +25,11 @@ from foldstack.config import Config
 from foldstack.errors import ConfigError
 from foldstack.gpu_slots import SlotPlan, kind_uses_gpu, plan_slots, visible_gpus
 from foldstack.models import model_class
-from foldstack.models.hf import TINY_PREFIX, resolve_model_source
+from foldstack.models.hf import TINY_PREFIX, TRANSFORMER_KINDS, resolve_model_source
 
 NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
 GPU_MACHINE_HINT = "see README 'On a GPU machine'"
 # The built-in kinds whose `model` param names a transformer source (foldstack.models.hf.resolve_model_source).
-TRANSFORMER_KINDS = ("embed_lr", "finetune")
 _GIB = 2**30
 
 

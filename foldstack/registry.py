@@ -72,7 +72,7 @@ from foldstack.faults import failpoint
 from foldstack.fsutil import (COMPLETE_MARKER, exclusive_lock, process_alive, read_json, sha256_file, sha256_json,
                               temporary_writer, write_json)
 from foldstack.registry_store import (DirHash, DvcBytes, RemoteBytesError, VersionBytes, WandbBytes, find_dvc_root,
-                                      pointer_path, pointer_text, remove_tree)
+                                      pointer_path, pointer_text, registry_target, remove_tree)
 
 if TYPE_CHECKING:
     from foldstack.config import Config
@@ -962,11 +962,6 @@ def evaluate_gate(cfg: Config, candidate_path: Path, production_path: Path | Non
 
 
 # ============================================================================================ W&B links
-def registry_target(cfg: Config) -> str:
-    """The W&B registry collection a model is linked into: wandb-registry-<registry>/<collection>."""
-    return f"wandb-registry-{cfg.registry.wandb_registry}/{cfg.registry.wandb_collection}"
-
-
 def _run_wandb_sync(run_dir: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "wandb", "sync", str(run_dir)], capture_output=True, text=True,
                           timeout=1800, check=False)

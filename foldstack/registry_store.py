@@ -29,16 +29,24 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from foldstack.errors import FoldstackError
 from foldstack.fsutil import file_digest
 
 if TYPE_CHECKING:
     from foldstack.config import Config
-    from foldstack.registry import ModelVersion
 
 log = logging.getLogger("foldstack.registry")
+
+
+class ModelVersion(Protocol):
+    """What this module reads of a registered version (foldstack.registry.ModelVersion): its name and record.
+    A protocol, not an import, so that the registry imports this module and not the other way round."""
+
+    version: str
+    record: dict[str, Any]
+
 
 POINTER_DIR = "registry"  # in a record commit's tree: registry/<model>/<version>.dvc
 HASH_NAME = "md5"  # DVC 3's hash: the plain md5 of a file's bytes
@@ -489,14 +497,17 @@ def _reachable(odb: Any) -> None:
                            f"another machine's path?)")
 
 
+def registry_target(cfg: Config) -> str:
+    """The W&B registry collection a model is linked into: wandb-registry-<registry>/<collection>."""
+    return f"wandb-registry-{cfg.registry.wandb_registry}/{cfg.registry.wandb_collection}"
+
+
 class WandbBytes:
     """A registered version's bytes from the W&B model registry: the linked version of the collection
     `wandb-registry-<registry>/<collection>` whose metadata names the version, or the logged artifact's
     `registry-<version>` alias. Only when W&B is online; `skipped` says why not otherwise."""
 
     def __init__(self, cfg: Config, environ: Mapping[str, str] | None = None, api_factory: Any = None):
-        from foldstack.registry import registry_target
-
         self.cfg = cfg
         self.target = registry_target(cfg)
         self.environ = environ

