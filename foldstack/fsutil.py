@@ -159,12 +159,14 @@ def temporary_writer(path: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_file: Path, *, guarding: str, timeout: float = 600.0) -> Iterator[None]:
+def exclusive_lock(lock_file: Path, *, guarding: str, timeout: float | None = 600.0, wait: bool = True,
+                   holder: str = "another process", name: str = "the lock") -> Iterator[None]:
     """Hold the inter-process lock `lock_file` (flock; released by the kernel if the holder dies).
 
     Re-entrant within a process: a function that holds it may call others that take it again. When another
     process holds it, say so once (naming the file, so a stuck holder can be found) and wait up to `timeout`
-    seconds; then raise LockTimeout. `guarding` says what the lock protects, for those messages.
+    seconds (None: as long as it takes); then raise LockTimeout. With `wait=False`, raise it at once.
+    `guarding` says what the lock protects, `holder` who holds it and `name` what it is, for those messages.
     """
     from filelock import FileLock, Timeout
 
@@ -174,11 +176,13 @@ def exclusive_lock(lock_file: Path, *, guarding: str, timeout: float = 600.0) ->
     try:
         lock.acquire(blocking=False)
     except Timeout:
-        log.warning("waiting for the lock %s: another process is writing %s", lock_file, guarding)
+        if not wait:
+            raise LockTimeout(f"{holder} holds {name} {lock_file} and is writing {guarding}") from None
+        log.warning("waiting for %s %s: %s is writing %s", name, lock_file, holder, guarding)
         try:
-            lock.acquire(timeout=timeout)
+            lock.acquire(timeout=-1 if timeout is None else timeout)
         except Timeout:
-            raise LockTimeout(f"gave up after {timeout:.0f}s waiting for the lock {lock_file}: another process "
+            raise LockTimeout(f"gave up after {timeout:.0f}s waiting for {name} {lock_file}: {holder} "
                               f"is still writing {guarding}; find it with `fuser {lock_file}`") from None
     try:
         yield

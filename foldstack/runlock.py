@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import socket
 import time
@@ -23,8 +22,8 @@ from typing import Any
 
 from foldstack.config import Config
 from foldstack.errors import FoldstackError
+from foldstack.fsutil import LockTimeout, exclusive_lock
 
-log = logging.getLogger("foldstack")
 
 
 class RunLocked(FoldstackError):
@@ -58,32 +57,21 @@ def run_lock(cfg: Config, command: str, *, wait: bool = True, timeout: float | N
 
     Re-entrant within a process (the flow's tasks and the stage functions may be called under it).
     """
-    from filelock import FileLock, Timeout
+    from filelock import FileLock
 
     path = lock_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path), is_singleton=True)  # one object per path: a nested take is re-entrant
-    nested = lock.is_locked
-    try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        who = _describe(holder(path))
-        artifacts = cfg.runtime.artifacts_dir
-        if not wait:
-            raise RunLocked(f"another run is writing {artifacts}: {who} holds {path}; wait for it to finish, "
-                            f"or run without --no-wait to queue behind it") from None
-        log.warning("waiting for the run lock %s: %s is writing %s", path, who, artifacts)
-        try:
-            lock.acquire(timeout=-1 if timeout is None else timeout)
-        except Timeout:
-            raise RunLocked(f"gave up after {timeout:.0f}s waiting for {who} to finish writing {artifacts} "
-                            f"(lock {path})") from None
-    try:
+    nested = FileLock(str(path), is_singleton=True).is_locked  # held by this process already
+    held = contextlib.ExitStack()
+    try:  # only taking the lock is guarded here: a LockTimeout from the block itself is the block's own
+        held.enter_context(exclusive_lock(path, guarding=cfg.runtime.artifacts_dir, timeout=timeout, wait=wait,
+                                          holder=_describe(holder(path)), name="the run lock"))
+    except LockTimeout as exc:
+        hint = "" if wait else "; wait for it to finish, or run without --no-wait to queue behind it"
+        raise RunLocked(f"another run is in the way: {exc}{hint}") from None
+    with held:
         if not nested:
             _write_holder(path, command)
         yield path
-    finally:
-        lock.release()
 
 
 def _write_holder(path: Path, command: str) -> None:
