@@ -25,7 +25,6 @@ from foldstack.errors import FoldstackError
 from foldstack.fsutil import LockTimeout, exclusive_lock
 
 
-
 class RunLocked(FoldstackError):
     """Another run holds the project's run lock and this one was told not to wait."""
 

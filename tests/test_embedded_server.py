@@ -19,6 +19,7 @@ import pytest
 
 from flows import embedded_server
 from flows.embedded_server import EmbeddedServer, EmbeddedServerError, _configured_elsewhere
+from tests.processes import alive
 
 
 def test_a_configured_api_url_or_disabled_ephemeral_mode_is_left_to_prefect(tmp_path):
@@ -68,15 +69,6 @@ def test_a_server_that_cannot_start_is_a_clear_error_with_its_output(tmp_path, m
         server.wait_until_ready(timeout_s=30)
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie that nobody reaped yet counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_the_server_stops_when_its_owner_is_killed(tmp_path):
     owner_script = ("import os, sys, time\n"
@@ -92,13 +84,13 @@ def test_the_server_stops_when_its_owner_is_killed(tmp_path):
     owner = subprocess.Popen([sys.executable, "-c", owner_script], env=env, stdout=subprocess.PIPE, text=True)
     try:
         server_pid = int(owner.stdout.readline())
-        assert _alive(server_pid)
+        assert alive(server_pid)
         owner.send_signal(signal.SIGKILL)  # no atexit runs: only the kernel's parent-death signal can stop it
         owner.wait(timeout=10)
         deadline = time.monotonic() + 15
-        while _alive(server_pid) and time.monotonic() < deadline:
+        while alive(server_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(server_pid), "the embedded server outlived the process that started it"
+        assert not alive(server_pid), "the embedded server outlived the process that started it"
     finally:
         owner.kill()
         owner.wait()

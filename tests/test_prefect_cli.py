@@ -44,6 +44,7 @@ from foldstack.config import load_config  # noqa: E402
 from foldstack.fsutil import read_json  # noqa: E402
 from foldstack.stages import Layout  # noqa: E402
 from tests.conftest import write_params  # noqa: E402
+from tests.processes import alive  # noqa: E402
 from tests.test_flow_server import REPO_ROOT, START_TIMEOUT_S, _free_port, _prefect_env, _stop  # noqa: E402
 
 pytestmark = [pytest.mark.slow,
@@ -61,15 +62,6 @@ FAST_RUNNER = {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}
 # A retrain in seconds: one cheap model, two folds, no git registry, no Great Expectations gate (~10 s here).
 TINY = {"base_models": [{"name": "tfidf_lr", "kind": "tfidf_lr"}], "folds": {"k": 2},
         "registry": {"git_registry": False}, "validation": {"enabled": False}}
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie nobody reaped yet counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def _descendants(pid: int) -> list[int]:
@@ -144,14 +136,14 @@ def test_foldstack_server_stops_the_prefect_server_on_sigterm(tmp_path):
             server.send_signal(signal.SIGTERM)
             code = server.wait(timeout=30)
             deadline = time.monotonic() + 10
-            while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+            while any(alive(p) for p in tree) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert not [p for p in tree if _alive(p)], "the Prefect server outlived `foldstack server`"
+            assert not [p for p in tree if alive(p)], "the Prefect server outlived `foldstack server`"
             assert not _healthy(api_url)
         assert code == 0, (tmp_path / "server.log").read_text(errors="replace")[-3000:]
     finally:  # the server runs in a process group of its own: what outlived it is not in the one stopped above
         for pid in tree:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 

@@ -23,6 +23,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from tests.processes import stop
 from tests.test_registry import TrainedBundles, registry_project, train_bundles
 from tests.test_registry_concurrency import bundle_variant
 from tests.test_serving import free_port, wait_for
@@ -258,12 +259,7 @@ def test_serve_model_in_a_fresh_clone_pulls_on_demand_and_follows_production(her
         wait_for(lambda: health()["model_version"] == "v0.1.0", seconds=60)
         assert store_entries(there) == ["v0.1.0", "v0.2.0"]
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process)
 
 
 # ------------------------------------------------------------------------------- remotes that fail or lack

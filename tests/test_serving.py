@@ -21,6 +21,7 @@ import uvicorn
 from foldstack.errors import BundleError
 from foldstack.registry import GitModelRegistry
 from foldstack.serving import InputError, ModelSource, ServingLimits, create_app, parse_predict_body
+from tests.processes import stop
 from tests.test_registry import registry_project, train_bundles
 
 LIMITS = ServingLimits(max_batch=8, max_text_chars=200)
@@ -219,9 +220,4 @@ def test_serve_model_command_binds_loopback(registry_cfg, tmp_path):
             if shutil.which("ss") else f"127.0.0.1:{port}"
         assert f"127.0.0.1:{port}" in connections and f"0.0.0.0:{port}" not in connections
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process)
