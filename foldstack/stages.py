@@ -290,13 +290,17 @@ def stack(cfg: Config) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- evaluate
 def holdout_reports(cfg: Config) -> tuple[dict[str, dict], dict[str, str], dict[str, np.ndarray]]:
     """Metrics on the holdout of every base model, every baseline and the ensemble."""
+    _require(Layout.of(cfg).stack, "stack")
+    names, oofs, holdouts = load_base_predictions(cfg)
+    return _holdout_reports(cfg, load_snapshot(cfg), names, oofs, holdouts)
+
+
+def _holdout_reports(cfg: Config, snapshot: Snapshot, names: list[str], oofs: list[np.ndarray],
+                     holdouts: list[np.ndarray]) -> tuple[dict[str, dict], dict[str, str], dict[str, np.ndarray]]:
     from foldstack.meta import make_meta
     from foldstack.metrics import classification_report
 
     layout = Layout.of(cfg)
-    snapshot = load_snapshot(cfg)
-    _require(layout.stack, "stack")
-    names, oofs, holdouts = load_base_predictions(cfg)
     y_train = snapshot.train["label"].to_numpy()
     y = snapshot.holdout["label"].to_numpy()
     labels = snapshot.label_map.names
@@ -319,10 +323,11 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     from foldstack.metrics import flat_metrics, leaderboard, leaderboard_markdown
 
     layout = Layout.of(cfg)
+    _require(layout.stack, "stack")
     snapshot = load_snapshot(cfg)
-    reports, roles, probas = holdout_reports(cfg)
+    names, oofs, holdouts = load_base_predictions(cfg)  # read once: the reports and the diagnostics share them
+    reports, roles, probas = _holdout_reports(cfg, snapshot, names, oofs, holdouts)
     stacked = read_json(layout.stack / "meta_cv.json")
-    names, oofs, _ = load_base_predictions(cfg)
     diagnosis = leakage.diagnose(dict(zip(names, oofs, strict=True)), snapshot.train["label"].to_numpy(),
                                  probas, snapshot.holdout["label"].to_numpy(),
                                  load_array(layout.stack / "meta_cv_proba.npy"), probas["ensemble"])
