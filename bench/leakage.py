@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/leakage.py            # everything, ~10-15 min on 2 cores
     OMP_NUM_THREADS=1 .venv/bin/python bench/leakage.py --quick    # smaller sets, no 1M timing
 
-Part 1, quality: for the phrase-level set built from rt_polarity (`foldstack.phrases`: each training sentence
+Part 1, quality: for the phrase-level set built from rt_polarity (`foldstack.core.phrases`: each training sentence
 plus 2 sub-spans of it; the holdout holds 1,500 whole unseen sentences) and for the three shared sets
 (`<data-root>/<name>/all.csv`, 20 % group-aware holdout), the pipeline runs with three grouping modes: exact
 copies only (the old behaviour), exact + containment, and all three kinds (the default). Base models: the
@@ -47,8 +47,8 @@ SIZES = (100_000, 1_000_000)
 
 def run_mode(name: str, data: dict[str, Any], grouping: dict[str, Any], work: Path) -> dict[str, Any]:
     from foldstack.config import config_from_dict
-    from foldstack.fsutil import read_json
-    from foldstack.stages import Layout, run_pipeline
+    from foldstack.common.files import read_json
+    from foldstack.pipeline.stages import Layout, run_pipeline
 
     raw = {"seed": 0, "data": data, "folds": {"k": 5, "grouping": grouping}, "base_models": BASE_MODELS,
            "meta": {"kind": "auto"}, "validation": {"enabled": False}, "evaluate": {"plots": False},
@@ -78,7 +78,7 @@ def run_mode(name: str, data: dict[str, Any], grouping: dict[str, Any], work: Pa
 
 def grouping_seconds(texts: list[str], grouping: dict[str, Any]) -> dict[str, float]:
     from foldstack.config import GroupingConfig
-    from foldstack.grouping import group_texts
+    from foldstack.core.grouping import group_texts
 
     return group_texts(texts, GroupingConfig.model_validate(grouping)).seconds
 
@@ -86,7 +86,7 @@ def grouping_seconds(texts: list[str], grouping: dict[str, Any]) -> dict[str, fl
 def quality(data_root: Path, work: Path, quick: bool) -> list[dict[str, Any]]:
     import pandas as pd
 
-    from foldstack.phrases import write_phrase_dataset
+    from foldstack.core.phrases import write_phrase_dataset
 
     results = []
     n_train, n_holdout = (600, 600) if quick else (3000, 1500)
@@ -117,7 +117,7 @@ def synthetic_texts(source: Path, n: int, seed: int = 0) -> list[str]:
     import numpy as np
     import pandas as pd
 
-    from foldstack.phrases import sub_spans
+    from foldstack.core.phrases import sub_spans
 
     rng = np.random.default_rng(seed)
     sentences = pd.read_csv(source)["text"].astype(str).tolist()
@@ -137,7 +137,7 @@ def synthetic_texts(source: Path, n: int, seed: int = 0) -> list[str]:
 def scale_child(source: str, n: int) -> None:
     """In a fresh process: time group_texts on n synthetic texts; print one JSON line."""
     from foldstack.config import GroupingConfig
-    from foldstack.grouping import group_texts
+    from foldstack.core.grouping import group_texts
 
     texts = synthetic_texts(Path(source), n)
     started = time.perf_counter()

@@ -56,7 +56,7 @@ def _env(prefect_home: Path, api_url: str | None = None) -> dict[str, str]:
 
 def make_params(work: Path, name: str, quick: bool, rows: int) -> Path:
     """The project's params.yaml for one run: its own artifacts and cache, no registry or tracking."""
-    from foldstack.demo import write_demo_data
+    from foldstack.core.demo import write_demo_data
 
     data = work / "reviews.csv"
     if not data.exists():

@@ -12,7 +12,7 @@ For each data set (`<data-root>/<name>/all.csv`, columns text,label — read in 
 2. the `validate` and `folds` stages, then the embedding cache is warmed: every train and holdout text is embedded
    once with all-MiniLM-L6-v2 and that time is reported on its own line. foldstack and the scikit-learn adapter
    both read the same warm cache afterwards, so neither pays for embedding in its wall time;
-3. `foldstack.stages.run_pipeline` — the product's own pipeline (validate, folds, 20 fold tasks in 2 processes,
+3. `foldstack.pipeline.stages.run_pipeline` — the product's own pipeline (validate, folds, 20 fold tasks in 2 processes,
    collect, stack, evaluate, bundle); its holdout metrics are read from artifacts/eval/reports.json;
 4. the `stack` stage again with `meta.kind: ensemble_selection` over the same OOF (no base model is retrained);
 5. scikit-learn's `StackingClassifier` on exactly the pipeline's train rows (artifacts/snapshot/train.parquet),
@@ -20,7 +20,7 @@ For each data set (`<data-root>/<name>/all.csv`, columns text,label — read in 
    StratifiedKFold, seed 0), stack_method="predict_proba", a LogisticRegression final estimator and n_jobs=2.
    Its base models are the foldstack kinds themselves behind a thin adapter (`FoldstackKindClassifier`).
 
-Every row is scored by the same function, `foldstack.metrics.classification_report`.
+Every row is scored by the same function, `foldstack.core.metrics.classification_report`.
 """
 
 from __future__ import annotations
@@ -255,10 +255,10 @@ def _load_average() -> str:
 def run_dataset(name: str, data_root: Path, work_root: Path, *, k: int, max_rows: int | None,
                 verbose: bool) -> DatasetResult:
     from foldstack.config import MetaConfig, config_from_dict
-    from foldstack.fsutil import derive_seed
-    from foldstack.meta import make_meta
-    from foldstack.metrics import classification_report
-    from foldstack.stages import (Layout, holdout_reports, load_base_predictions, load_snapshot, make_folds,
+    from foldstack.common.files import derive_seed
+    from foldstack.core.meta import make_meta
+    from foldstack.core.metrics import classification_report
+    from foldstack.pipeline.stages import (Layout, holdout_reports, load_base_predictions, load_snapshot, make_folds,
                                   run_pipeline, stack, validate)
 
     data_path = data_root / name / "all.csv"
@@ -429,7 +429,7 @@ def write_markdown(results: list[DatasetResult], output: Path, command: str, sta
         "scikit-learn is given exactly the same train and holdout rows (the pipeline's snapshot).",
         "- Base models, default params: `tfidf_lr`, `tfidf_char_svm`, `nb_svm`, `embed_lr` "
         f"(`model: {EMBEDDING_MODEL}`, all-MiniLM-L6-v2 mean-pooled).",
-        f"- foldstack: `foldstack.stages.run_pipeline` (k=5 group-aware folds, {WORKERS} worker processes, meta "
+        f"- foldstack: `foldstack.pipeline.stages.run_pipeline` (k=5 group-aware folds, {WORKERS} worker processes, meta "
         "`logreg` on the log-odds of the OOF probabilities); holdout predictions of a base model are the mean of "
         "its 5 fold models. `ensemble_selection` is the `stack` stage re-run on the same OOF.",
         f"- scikit-learn {__import__('sklearn').__version__} `StackingClassifier`: the same four kinds behind a "

@@ -6,7 +6,7 @@ the demo ensemble, against calling the same bundle in-process; and the memory of
 
 1. The demo ensemble: the project's params.yaml (its base models and meta-learner) trained on the demo data
    (`foldstack demo-data`, 3000 rows) under `--work-dir` (git-ignored); `--bundle DIR` skips training.
-2. In-process: the bundle loaded once (`foldstack.serving.LoadedModel`, the object the service calls), each
+2. In-process: the bundle loaded once (`foldstack.ops.serving.LoadedModel`, the object the service calls), each
    batch timed around `predict` - normalisation, ensemble, response building, no HTTP, no JSON.
 3. Served: `foldstack serve-model --model <bundle>` in its own process on 127.0.0.1 (uvicorn, one worker),
    requests sent by one client over one keep-alive connection (sequential: latency), then by 4 client threads
@@ -64,8 +64,8 @@ def build_bundle(work_dir: Path, quick: bool) -> tuple[Path, list[str], float]:
     """Train the demo ensemble; (bundle, the demo texts, training seconds)."""
     import pandas as pd
 
-    from foldstack.demo import write_demo_data
-    from foldstack.stages import run_pipeline
+    from foldstack.core.demo import write_demo_data
+    from foldstack.pipeline.stages import run_pipeline
 
     data_path = work_dir / "reviews.csv"
     write_demo_data(data_path, rows=600 if quick else 3000, n_classes=3, noise=0.05, seed=0)
@@ -173,13 +173,13 @@ def run(args: argparse.Namespace) -> str:
     import httpx
 
     from foldstack.bundle import load_bundle
-    from foldstack.serving import LoadedModel
+    from foldstack.ops.serving import LoadedModel
 
     work_dir = args.work_dir.resolve()
     if args.bundle:
         import pandas as pd
 
-        from foldstack.demo import write_demo_data
+        from foldstack.core.demo import write_demo_data
 
         bundle, train_seconds = args.bundle.resolve(), None
         write_demo_data(work_dir / "reviews.csv", rows=3000, n_classes=3, noise=0.05, seed=0)

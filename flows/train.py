@@ -36,11 +36,11 @@ from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 from prefect.states import State  # noqa: E402
 
 from flows.watch_data import record_successful_run  # noqa: E402
-from foldstack import stages  # noqa: E402
+from foldstack.pipeline import stages  # noqa: E402
 from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config  # noqa: E402
 from foldstack.errors import FoldstackError, StageError  # noqa: E402
-from foldstack.process_exit import skip_final_garbage_collection  # noqa: E402
-from foldstack.runlock import run_lock  # noqa: E402
+from foldstack.runtime.process_exit import skip_final_garbage_collection  # noqa: E402
+from foldstack.pipeline.runlock import run_lock  # noqa: E402
 from tasks.fanout import fan_out_for, warm_up  # noqa: E402
 from tasks.fold import SKIPPED  # noqa: E402
 from tasks.pipeline import (  # noqa: E402

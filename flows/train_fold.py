@@ -17,7 +17,7 @@ import flows  # noqa: F401  (PREFECT_HOME before Prefect)
 from prefect import flow, get_run_logger
 
 from foldstack.config import config_from_dict
-from foldstack.gpu_slots import CPU, DeviceLeases, kind_uses_gpu, plan_slots, visible_gpus
+from foldstack.runtime.gpu_slots import CPU, DeviceLeases, kind_uses_gpu, plan_slots, visible_gpus
 from foldstack.models import model_class
 from tasks.remote import train_fold_from_storage
 

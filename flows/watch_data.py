@@ -1,8 +1,8 @@
-"""The `watch-data` flow: emit `foldstack.data.changed` when the training data is not what the last successful
+"""The `watch-data` flow: emit `foldstack.core.data.changed` when the training data is not what the last successful
 training run used.
 
 What "the last run used" is comes from DVC when the project has a `dvc.lock` (the md5 it recorded for the
-validate stage's data dependency, `foldstack.versioning.data_change`); otherwise from the train flow's own
+validate stage's data dependency, `foldstack.ops.versioning.data_change`); otherwise from the train flow's own
 record, written when it succeeds (`<artifacts>/flow/last_success.json`, the data file's sha256). On every
 interval the `watch-data` deployment hashes the file again; on a difference it emits the event once (it
 remembers what it announced in `<artifacts>/flow/announced.json`, so a slow retrain is not queued again on
@@ -22,16 +22,16 @@ from prefect.events import emit_event
 
 from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
 from foldstack.errors import DataError
-from foldstack.fsutil import read_json, sha256_file, sha256_json, write_json
+from foldstack.common.files import read_json, sha256_file, sha256_json, write_json
 
-DATA_CHANGED_EVENT = "foldstack.data.changed"
+DATA_CHANGED_EVENT = "foldstack.core.data.changed"
 LAST_SUCCESS_FILE = "flow/last_success.json"
 ANNOUNCED_FILE = "flow/announced.json"
 
 
 def data_resource_id(cfg: Config) -> str:
     """The Prefect resource an event about this params file's data is about (what the trigger matches)."""
-    return f"foldstack.data.{cfg.resolve_path(cfg.data.path)}"
+    return f"foldstack.core.data.{cfg.resolve_path(cfg.data.path)}"
 
 
 def data_source_sha256(cfg: Config) -> str:
@@ -40,7 +40,7 @@ def data_source_sha256(cfg: Config) -> str:
     if not path.is_file():
         raise DataError(f"{path}: data file not found (data.path)")
     digest = sha256_file(path)
-    if cfg.data.test_path:  # the same combination foldstack.data uses when a separate holdout file is given
+    if cfg.data.test_path:  # the same combination foldstack.core.data uses when a separate holdout file is given
         digest = sha256_json([digest, sha256_file(cfg.resolve_path(cfg.data.test_path))])
     return digest
 
@@ -70,8 +70,8 @@ def record_successful_run(cfg: Config, data_summary: dict[str, Any]) -> None:
 def data_versions(cfg: Config) -> tuple[str, str | None, str]:
     """(current content hash, the hash the last successful run trained on or None, where that came from)."""
     root = cfg.resolve_path(".")
-    if (root / "dvc.lock").is_file() and importlib.util.find_spec("foldstack.versioning") is not None:
-        from foldstack.versioning import data_change
+    if (root / "dvc.lock").is_file() and importlib.util.find_spec("foldstack.ops.versioning") is not None:
+        from foldstack.ops.versioning import data_change
 
         change = data_change(cfg, root)
         if change.current_md5 is None:

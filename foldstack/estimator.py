@@ -1,6 +1,6 @@
 """`FoldStackClassifier`: the stacking machinery as a scikit-learn estimator.
 
-A thin in-memory front end over `foldstack.crossfit`, the core the pipeline's stages use too: the same
+A thin in-memory front end over `foldstack.core.crossfit`, the core the pipeline's stages use too: the same
 overlap groups and fold assignment, the same (model, fold) fits with the same seeds, the same OOF collection
 and meta-learner choice. It fits on texts and labels with no holdout (scikit-learn's model selection tools
 provide that), so with the pipeline's training rows and the same params its OOF is the pipeline's, bit for
@@ -28,15 +28,15 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from foldstack.bundle import write_manifest
 from foldstack.config import Config, config_from_dict
-from foldstack.crossfit import FoldFit, FoldUnit, fill_oof, fit_meta, fit_unit, member_name, plan_units
-from foldstack.data import normalise_text
-from foldstack.default_stack import recommended_base_models
-from foldstack.ensemble import StackedPredictor
+from foldstack.core.crossfit import FoldFit, FoldUnit, fill_oof, fit_meta, fit_unit, member_name, plan_units
+from foldstack.core.data import normalise_text
+from foldstack.models.defaults import recommended_base_models
+from foldstack.core.ensemble import StackedPredictor
 from foldstack.errors import ConfigError
-from foldstack.folds import FoldAssignment, assign_folds
-from foldstack.fsutil import atomic_directory, sha256_json
-from foldstack.grouping import group_texts
-from foldstack.models.hf import default_cache_dir
+from foldstack.core.folds import FoldAssignment, assign_folds
+from foldstack.common.files import atomic_directory, sha256_json
+from foldstack.core.grouping import group_texts
+from foldstack.models.transformers.hf import default_cache_dir
 
 _NAME = "FoldStackClassifier"
 
@@ -48,7 +48,7 @@ class FoldStackClassifier(ClassifierMixin, BaseEstimator):
     ----------
     base_models : list of dicts ``{"name", "kind", "params"}``, or a mapping ``name -> {"kind", "params"}``
         (params.yaml's ``base_models``, in either form). None: the recommended stack params.yaml ships
-        (``foldstack.default_stack``), without the embedding model when the ``pretrained`` extra is missing
+        (``foldstack.models.defaults``), without the embedding model when the ``pretrained`` extra is missing
         (with a warning that names it).
     meta : dict of ``meta`` params (``MetaConfig``), e.g. ``{"kind": "logreg", "C": 1.0}``. None: ``auto``,
         the meta-learner of best CV log loss on the OOF.

@@ -1,7 +1,7 @@
 """The fan-out of fold trainings over the executor named by `runtime.executor`.
 
 * `local`: two Prefect `ThreadPoolTaskRunner`s bound the concurrency: one with a slot per GPU for the kinds
-  that use a GPU (each task leases its own device, see `foldstack.gpu_slots`), one with `runtime.max_workers`
+  that use a GPU (each task leases its own device, see `foldstack.runtime.gpu_slots`), one with `runtime.max_workers`
   slots for everything on CPU. GPU and CPU work run side by side and neither waits for the other's slots.
 * `workpool`: one `run_deployment` of `train-fold` per fold task; the pool's workers (and their `--limit`)
   decide how many run at once, and each worker leases its own GPUs.
@@ -17,11 +17,11 @@ from typing import Any
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from foldstack import stages
+from foldstack.pipeline import stages
 from foldstack.config import Config
 from foldstack.errors import ConfigError
-from foldstack.fsutil import is_complete
-from foldstack.gpu_slots import SlotPlan, default_lock_dir, kind_uses_gpu, plan_slots, visible_gpus
+from foldstack.common.files import is_complete
+from foldstack.runtime.gpu_slots import SlotPlan, default_lock_dir, kind_uses_gpu, plan_slots, visible_gpus
 from foldstack.models import model_class
 
 

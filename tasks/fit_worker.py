@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import threading
 
-from foldstack import stages  # noqa: F401  (imported here so that the fork server holds it)
+from foldstack.pipeline import stages  # noqa: F401  (imported here so that the fork server holds it)
 from foldstack.models import available_kinds
 
 available_kinds()  # every kind's module; their heavy libraries they import when they fit, hence:

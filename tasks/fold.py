@@ -1,7 +1,7 @@
 """The (model, fold) training task and where its fit runs.
 
 One task per (base model, repeat, fold). The flow sizes the concurrency with Prefect task runners built from a
-`foldstack.gpu_slots.SlotPlan` (one runner slot per GPU, `runtime.max_workers` slots for CPU work); this module
+`foldstack.runtime.gpu_slots.SlotPlan` (one runner slot per GPU, `runtime.max_workers` slots for CPU work); this module
 decides, per task, which device it gets and which process does the fit:
 
 * a GPU task leases one device (`DeviceLeases`, host-wide) and fits in the task's own thread: torch releases
@@ -35,10 +35,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.states import Completed, State
 
-from foldstack import stages
+from foldstack.pipeline import stages
 from foldstack.config import Config
 from foldstack.errors import StageError
-from foldstack.gpu_slots import CPU, DeviceLeases
+from foldstack.runtime.gpu_slots import CPU, DeviceLeases
 
 SlotKind = Literal["cpu", "gpu", "ray-cpu", "ray-gpu"]
 SKIPPED = "Skipped"  # the state name of a fold task whose identity was already finished

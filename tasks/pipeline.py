@@ -1,4 +1,4 @@
-"""One Prefect task per pipeline stage: each calls the stage function of `foldstack.stages` and nothing more.
+"""One Prefect task per pipeline stage: each calls the stage function of `foldstack.pipeline.stages` and nothing more.
 
 Caching: none of Prefect's. DESIGN.md allows two caches, DVC's view of stale stages and the fold identities; a
 Prefect result cache beside them could disagree with both, so every task has `cache_policy=NONE`. DVC's view
@@ -24,14 +24,14 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import Completed, State
 from prefect.tasks import Task, exponential_backoff
 
-from foldstack import stages
+from foldstack.pipeline import stages
 from foldstack.config import Config
 from foldstack.errors import FoldstackError
-from foldstack.fsutil import read_json
+from foldstack.common.files import read_json
 from tasks.fold import SKIPPED  # a stage task that reused its last result ends in the same state as a fold task
 
-REGISTRY_MODULE = "foldstack.registry"
-VERSIONING_MODULE = "foldstack.versioning"
+REGISTRY_MODULE = "foldstack.ops.registry"
+VERSIONING_MODULE = "foldstack.ops.versioning"
 DVC_UP_TO_DATE = "dvc: up to date"
 
 
@@ -63,7 +63,7 @@ def _dvc_project(cfg: Config, params_file: str, overrides: list[str] | None) -> 
 # ----------------------------------------------------------------------------------- incremental reruns
 @task(name="plan-reruns", cache_policy=NONE)
 def plan_reruns(cfg: Config, params_file: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Ask DVC which stages are stale (`foldstack.versioning.plan_reruns`); the others are not recomputed.
+    """Ask DVC which stages are stale (`foldstack.ops.versioning.plan_reruns`); the others are not recomputed.
 
     Returns {status, skipped (stages up to date, upstream included), to_run, reasons, lines (one per stage:
     run or skip, and why)}; with no DVC view of this run (see `_dvc_project`, or no dvc.lock yet) nothing is
@@ -75,7 +75,7 @@ def plan_reruns(cfg: Config, params_file: str, overrides: list[str] | None = Non
         no_view = f"no {root / 'dvc.lock'} yet (no run recorded by DVC)"
     plan = None
     if no_view is None:
-        from foldstack.versioning import plan_reruns as dvc_plan_reruns
+        from foldstack.ops.versioning import plan_reruns as dvc_plan_reruns
 
         try:
             plan = dvc_plan_reruns(root)
@@ -180,14 +180,14 @@ def make_bundle(cfg: Config, dvc_fresh: Collection[str] = ()) -> dict[str, Any] 
 @task(name="register", cache_policy=NONE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5),
       retry_jitter_factor=0.5, retry_condition_fn=transient_failure)
 def register(cfg: Config, bundle: dict[str, Any], dvc_fresh: Collection[str] = ()) -> dict[str, Any] | State:
-    """Register the bundle (the bundle task's summary) and run the promotion gate (foldstack.registry)."""
+    """Register the bundle (the bundle task's summary) and run the promotion gate (foldstack.ops.registry)."""
     if _module_missing(REGISTRY_MODULE):
         get_run_logger().warning("register: skipped, %s is not available", REGISTRY_MODULE)
         return {"status": "skipped: module not available"}
     reused = reuse_if_fresh(cfg, "register", dvc_fresh)
     if reused is not None:
         return reused
-    from foldstack.registry import register_bundle
+    from foldstack.ops.registry import register_bundle
 
     return {"status": "done", **register_bundle(cfg, bundle["bundle"])}
 
@@ -196,7 +196,7 @@ def register(cfg: Config, bundle: dict[str, Any], dvc_fresh: Collection[str] = (
       retry_jitter_factor=0.5, retry_condition_fn=transient_failure)
 def version(cfg: Config, params_file: str, overrides: list[str] | None = None,
             ran: list[str] | None = None) -> dict[str, Any]:
-    """Version the run with DVC (foldstack.versioning): `dvc commit` the stages the flow ran, `dvc push`.
+    """Version the run with DVC (foldstack.ops.versioning): `dvc commit` the stages the flow ran, `dvc push`.
 
     `ran`: the stages the flow computed (None: every stage of dvc.yaml); stages DVC found up to date are
     in dvc.lock already.
@@ -206,7 +206,7 @@ def version(cfg: Config, params_file: str, overrides: list[str] | None = None,
     if no_view is not None:
         logger.warning("version: skipped, %s", no_view)
         return {"status": f"skipped: {no_view}"}
-    from foldstack.versioning import default_remote, pipeline_stages, record_run
+    from foldstack.ops.versioning import default_remote, pipeline_stages, record_run
 
     remote = default_remote(root)
     # The flow ran these stages itself; DVC records the results (one serialized step).

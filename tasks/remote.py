@@ -19,10 +19,10 @@ from prefect.cache_policies import NONE
 from prefect.deployments import run_deployment
 from prefect.states import State
 
-from foldstack import stages
+from foldstack.pipeline import stages
 from foldstack.config import Config, apply_overrides, config_from_dict
 from foldstack.errors import ConfigError, StageError
-from foldstack.fsutil import read_json
+from foldstack.common.files import read_json
 from tasks.fold import fold_label, skipped_state
 from tasks.pipeline import transient_failure
 from tasks.storage import download_directory, fold_key, is_published, publish_inputs, upload_directory

@@ -9,7 +9,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 
-from foldstack import stages
+from foldstack.pipeline import stages
 from foldstack.config import Config
 
 PROGRESS_KEY = "foldstack-training-progress"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from foldstack.errors import StageError
-from foldstack.fsutil import COMPLETE_MARKER, atomic_directory, read_json
+from foldstack.common.files import COMPLETE_MARKER, atomic_directory, read_json
 
 
 def _filesystem(url: str) -> tuple[Any, str]:

@@ -16,7 +16,7 @@ for var, value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLI
                    "GX_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}.items():
     os.environ.setdefault(var, value)
 
-from foldstack.demo import write_demo_data  # noqa: E402
+from foldstack.core.demo import write_demo_data  # noqa: E402
 
 CHEAP_MODELS = [
     {"name": "tfidf_lr", "kind": "tfidf_lr", "params": {}},
@@ -70,6 +70,6 @@ def toy_task(fillers: list[str]) -> tuple[list[str], np.ndarray]:
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny BERT built from a config with a vocabulary made on the fly: no weights to download."""
-    from foldstack.models.tiny import build_tiny_model
+    from foldstack.models.transformers.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from foldstack.grouping import exact_key, word_tokens
+from foldstack.core.grouping import exact_key, word_tokens
 from foldstack.models import register_model
 from foldstack.models.base import ModelContext, ModelParams
 

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     from foldstack.models.base import BaseModel, ModelContext
 
 _BUILTIN_MODULES = (
-    "foldstack.models.sklearn_models",
-    "foldstack.models.embed_lr",
-    "foldstack.models.finetune",
+    "foldstack.models.sklearn",
+    "foldstack.models.transformers.embed_lr",
+    "foldstack.models.transformers.finetune",
 )
 _REGISTRY: dict[str, type] = {}
 # Filling the registry imports modules, which takes time and lets other threads run: the first look-up

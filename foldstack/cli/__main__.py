@@ -1,0 +1,5 @@
+"""`python -m foldstack.cli`: the same program as the `foldstack` command."""
+
+from foldstack.cli.main import main
+
+main()

@@ -1,0 +1,372 @@
+"""The `foldstack` command line: the whole pipeline in-process, each stage alone, prediction, demo data.
+
+Orchestration, registry and serving commands live in their own modules (listed in `_EXTENSIONS`), each
+exposing `register(app)`, so that this module imports neither Prefect nor W&B nor DVC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
+from foldstack.ops.doctor import diagnose
+from foldstack.errors import FoldstackError
+from foldstack.runtime.process_exit import skip_final_garbage_collection
+from foldstack.pipeline.runlock import run_lock
+
+app = typer.Typer(
+    name="foldstack",
+    help="Leak-free K-fold stacked ensembles of text classifiers: train, evaluate, bundle, predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stage_app = typer.Typer(help="Run one pipeline stage alone (what dvc.yaml and the Prefect tasks call).",
+                        no_args_is_help=True)
+app.add_typer(stage_app, name="stage")
+console = Console(stderr=True)
+out = Console()
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="the params file")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: meta.kind=vote (repeatable)")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="when another run is writing the same artifacts "
+                                                                "directory: wait for it, or fail at once")]
+
+
+def _config(params: Path, overrides: list[str] | None):
+    return load_config(params, overrides or [])
+
+
+def _print_json(obj: Any) -> None:
+    out.print_json(json.dumps(obj, default=str))
+
+
+def leaderboard_table(rows: list[dict[str, Any]], title: str = "holdout leaderboard") -> Table:
+    table = Table(title=title, title_justify="left")
+    columns = [c for c in ("model", "role", "accuracy", "macro_f1", "log_loss", "roc_auc", "ece") if rows and c in rows[0]]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "role") else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*[f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns],
+                      style="bold green" if row.get("role") == "ensemble" else None)
+    return table
+
+
+class ProgressReporter:
+    """Turns stage events into rich progress bars and short log lines."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.folds_task = None
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        p = self.progress
+        if event == "stage":
+            p.console.log(f"[bold]{info['stage']}[/bold]")
+        elif event == "validated":
+            p.console.log(f"data {info['data_hash']}: {info['n_train']} training rows, {info['n_holdout']} holdout, "
+                          f"classes {info['train_class_counts']}")
+        elif event == "folds":
+            grouping = info["grouping"]
+            p.console.log(f"folds {info['hash']}: k={info['k']} x {info['repeats']} repeat(s), "
+                          f"{grouping.get('n_groups', info['n_rows'])} overlap groups "
+                          f"({grouping.get('rows_in_multi_row_groups', 0)} rows share a group)")
+            if "warning" in grouping:
+                p.console.log(f"[yellow]warning:[/yellow] {grouping['warning']}")
+        elif event == "plan":
+            if info["skipped"]:
+                p.console.log(f"resume: {info['skipped']} of {info['total']} fold trainings already done "
+                              f"with the same identity; skipped")
+            self.folds_task = p.add_task("train base models", total=info["pending"])
+        elif event == "fold_done" and self.folds_task is not None:
+            p.advance(self.folds_task)
+            p.console.log(f"  {info['task']} {info['seconds']:.1f}s" + (" (skipped)" if info.get("skipped") else ""))
+        elif event == "collected":
+            p.console.log(f"OOF {info['model']}: coverage {info['coverage']:.0%}, accuracy {info['oof_accuracy']:.4f}")
+        elif event == "stacked":
+            cv = info["cv"]
+            p.console.log(f"meta-learner {info['kind']}: CV on OOF accuracy {cv.get('accuracy', float('nan')):.4f}, "
+                          f"log loss {cv.get('log_loss', float('nan')):.4f}")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+@app.command()
+def train(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+          track: Annotated[bool, typer.Option(help="log the run to W&B (tracking.mode; offline without a key)")]
+          = True, wait: WaitOpt = True) -> None:
+    """Run the whole pipeline in this process: validate, folds, base models, stack, evaluate, bundle."""
+    from foldstack.pipeline.stages import run_pipeline
+
+    cfg = _config(params, set_)
+    with run_lock(cfg, "foldstack train", wait=wait), _progress() as progress:
+        result = run_pipeline(cfg, ProgressReporter(progress))
+    out.print(leaderboard_table(result.leaderboard))
+    out.print(f"bundle: [bold]{result.bundle}[/bold]  (trained {result.trained} fold models, "
+              f"reused {result.skipped})")
+    if track:
+        from foldstack.ops.tracking import track_pipeline_run
+
+        where = track_pipeline_run(cfg)
+        if where["mode"] != "disabled":
+            out.print(f"tracked in W&B ({where['mode']}): {where.get('run_dir') or where.get('run_path')}")
+
+
+@app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(metavar="[BUNDLE] INPUT",
+                                                help="a bundle directory (unless --model) and the input file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write predictions (csv/tsv/parquet/jsonl)")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="a registry reference instead of BUNDLE: "
+                                              "production, latest or a version such as v0.2.0")] = None,
+    params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    text_column: Annotated[str, typer.Option(help="the text column of INPUT")] = "text",
+    batch_size: Annotated[int, typer.Option(min=1)] = 1024,
+) -> None:
+    """Predict labels and class probabilities for a file of texts (with a bundle, or the registry's production model)."""
+    from foldstack.errors import ConfigError
+    from foldstack.ops.predict import predict_file
+
+    if model is not None:
+        if len(paths) != 1:
+            raise ConfigError("with --model give only INPUT: foldstack predict --model production INPUT -o OUTPUT")
+        from foldstack.ops.registry import resolve_model
+
+        bundle, input_path = resolve_model(model, params=params), paths[0]
+    else:
+        if len(paths) != 2:
+            raise ConfigError("give BUNDLE and INPUT (foldstack predict BUNDLE INPUT -o OUTPUT), "
+                              "or --model production INPUT")
+        bundle, input_path = paths
+    n = predict_file(bundle, input_path, output, text_column=text_column, batch_size=batch_size)
+    console.log(f"wrote {n} predictions to {output} (model {bundle})")
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """(Re)compute holdout metrics, leaderboard and plots from the stage outputs."""
+    from foldstack.pipeline.stages import evaluate as evaluate_stage
+
+    result = evaluate_stage(_config(params, set_))
+    out.print(leaderboard_table(result["leaderboard"]))
+
+
+@app.command("demo-data")
+def demo_data(
+    out_path: Annotated[Path, typer.Option("--out", help="where to write the CSV")] = Path("data/demo/reviews.csv"),
+    rows: Annotated[int, typer.Option(min=50, help="number of rows")] = 3000,
+    classes: Annotated[int, typer.Option(min=2, max=3, help="2 (negative/positive) or 3 (+ neutral)")] = 3,
+    noise: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of flipped labels")] = 0.05,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a synthetic product-review dataset (the project's own demo data)."""
+    from foldstack.core.demo import write_demo_data
+
+    summary = write_demo_data(out_path, rows=rows, n_classes=classes, noise=noise, seed=seed)
+    console.log(f"wrote {summary['rows']} rows to {out_path}: {summary['class_counts']}")
+
+
+@app.command("validate-params")
+def validate_params(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Check params.yaml and print the resolved configuration."""
+    _print_json(_config(params, set_).model_dump(mode="json"))
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the registered base-model kinds and their params."""
+    from foldstack.models import available_kinds, model_class
+
+    table = Table("kind", "params (defaults)", title="base-model kinds", title_justify="left")
+    for kind in available_kinds():
+        cls = model_class(kind)
+        table.add_row(kind, ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items()))
+    out.print(table)
+
+
+@app.command()
+def doctor(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """What a run here would use: torch build, CUDA, cuDNN, devices, GPU and CPU slots, pretrained packages."""
+    report = diagnose(_config(params, set_), params=str(params))
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    for line in report.lines():
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------------- stages
+# Each stage holds the project's run lock until its process exits (the kernel drops it then), so `dvc repro`
+# and a `foldstack train` or flow never write one artifacts directory at once. `stage train-fold` takes none:
+# one fold writes only its own directory, atomically, as the flow's workers do under the flow's lock.
+_HELD_LOCKS = contextlib.ExitStack()
+
+
+def _stage_config(params: Path, set_: list[str] | None, stage: str) -> Config:
+    cfg = _config(params, set_)
+    _HELD_LOCKS.enter_context(run_lock(cfg, f"foldstack stage {stage}"))
+    return cfg
+
+
+@stage_app.command("validate")
+def stage_validate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Read and check the data; write the snapshot (train/holdout split, label map, hash)."""
+    from foldstack.pipeline.stages import validate
+
+    _print_json(validate(_stage_config(params, set_, "validate")))
+
+
+@stage_app.command("folds")
+def stage_folds(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Write the one fold assignment every base model uses."""
+    from foldstack.pipeline.stages import make_folds
+
+    _print_json(make_folds(_stage_config(params, set_, "folds")))
+
+
+@stage_app.command("train-base")
+def stage_train_base(name: Annotated[str, typer.Argument(help="a base model's name in params")],
+                     params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+                     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N")] = None) -> None:
+    """Train every fold of one base model (finished folds with the same identity are skipped), collect OOF."""
+    from foldstack.pipeline.stages import train_base
+
+    cfg = _stage_config(params, set_, f"train-base {name}")
+    cfg.base_model(name)
+    with _progress() as progress:
+        reporter = ProgressReporter(progress)
+        reporter("plan", {"pending": cfg.folds.k * cfg.folds.repeats, "skipped": 0, "total": 0})
+        summary = train_base(cfg, name, device=device, report=reporter)
+    _print_json(summary)
+
+
+@stage_app.command("train-fold")
+def stage_train_fold(name: str, repeat: int, fold: int, params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+                     set_: SetOpt = None, device: str | None = None) -> None:
+    """Train one (model, repeat, fold) task."""
+    from foldstack.pipeline.stages import train_fold
+
+    _print_json(train_fold(_config(params, set_), name, repeat, fold, device))
+
+
+@stage_app.command("stack")
+def stage_stack(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Fit the meta-learner on the OOF predictions (and estimate it by CV on the OOF)."""
+    from foldstack.pipeline.stages import stack
+
+    _print_json(stack(_stage_config(params, set_, "stack")))
+
+
+@stage_app.command("evaluate")
+def stage_evaluate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Holdout metrics for every base model, baseline and the ensemble; leaderboard and plots."""
+    from foldstack.pipeline.stages import evaluate as evaluate_stage
+
+    out.print(leaderboard_table(evaluate_stage(_stage_config(params, set_, "evaluate"))["leaderboard"]))
+
+
+@stage_app.command("bundle")
+def stage_bundle(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Assemble the self-describing, hashed model bundle."""
+    from foldstack.pipeline.stages import make_bundle
+
+    _print_json(make_bundle(_stage_config(params, set_, "bundle")))
+
+
+@stage_app.command("register")
+def stage_register(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Write the bundle, then register it, gate it against production and promote it on a pass (DVC's
+    register stage: `stage bundle` followed by `registry push`, in one process)."""
+    from foldstack.cli.registry import push
+    from foldstack.pipeline.stages import make_bundle
+
+    bundle = make_bundle(_stage_config(params, set_, "register"))["bundle"]
+    out.print(f"bundle: {bundle}")
+    push(bundle=Path(bundle), params=params, set_=set_)
+
+
+# Command groups that live beside their edge (Prefect, registry, validation); each has register(app).
+_EXTENSIONS = ("foldstack.cli.prefect", "foldstack.cli.registry", "foldstack.cli.data")
+
+
+def _register_extensions() -> None:
+    for name in _EXTENSIONS:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(app)
+
+
+_register_extensions()
+
+
+TRACEBACK_LOG_DIR = Path(".foldstack") / "logs"
+
+
+def write_traceback_log(exc: BaseException) -> Path | None:
+    """Write `exc`'s traceback, with the command line, to a new file under .foldstack/logs/ in the working
+    directory (the system's temporary directory if that cannot be written); return its path, or None if
+    neither can be written."""
+    import os
+    import tempfile
+    import traceback
+    from datetime import datetime
+
+    import foldstack
+
+    name = f"foldstack-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    text = (f"command: {' '.join(sys.argv)}\nfoldstack {foldstack.__version__}, python {sys.version.split()[0]}\n\n"
+            + "".join(traceback.format_exception(exc)))
+    for directory in (Path.cwd() / TRACEBACK_LOG_DIR, Path(tempfile.gettempdir()) / "foldstack-logs"):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_text(text, encoding="utf-8")
+            return directory / name
+        except OSError:
+            continue
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    summary = type(exc).__name__ + (f": {lines[0]}" if lines else "")
+    return summary + (" …" if len(lines) > 1 else "")
+
+
+def main() -> None:
+    skip_final_garbage_collection()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except FoldstackError as exc:
+        # The message may quote user data: escape it so a "[word]" in a text is shown, not read as markup.
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        # A bug, not the user's mistake (typer has already handled its own usage errors): one line here,
+        # the traceback in a file to attach to a report.
+        log_path = write_traceback_log(exc)
+        where = f"the traceback is in {log_path}" if log_path else "no log could be written; the traceback follows"
+        console.print(f"[bold red]internal error:[/bold red] {escape(_one_line(exc))}; {escape(where)}",
+                      highlight=False, soft_wrap=True)
+        if log_path is None:
+            console.print_exception()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Batch prediction of a file of texts with a bundle (the CLI's `predict` and the batch flow)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from foldstack.bundle import Bundle, load_bundle
+from foldstack.core.data import read_table
+from foldstack.errors import DataError
+
+
+def read_texts(path: Path, text_column: str) -> list[str]:
+    frame = read_table(Path(path))
+    if text_column not in frame.columns:
+        raise DataError(f"{path}: no column {text_column!r}; the file has columns {list(map(str, frame.columns))} "
+                        f"(use --text-column)")
+    texts = frame[text_column]
+    null = texts.isna().to_numpy()
+    if null.any():
+        rows = (np.flatnonzero(null)[:5] + 1).tolist()
+        raise DataError(f"{path}: column {text_column!r} is empty at row(s) {rows}")
+    # Raw texts: the bundle normalises them as its training data was (Bundle.prepare).
+    return [str(t) for t in texts]
+
+
+def predictions_frame(bundle: Bundle, texts: list[str], batch_size: int = 1024,
+                      progress: bool = False) -> pd.DataFrame:
+    probas = []
+    batches = range(0, len(texts), batch_size)
+    if progress:
+        from rich.progress import track
+
+        batches = track(batches, description="predicting", transient=True)
+    for start in batches:
+        probas.append(bundle.predict_proba(texts[start:start + batch_size]))  # the bundle normalises them
+    proba = np.concatenate(probas) if probas else np.zeros((0, len(bundle.labels)))
+    frame = pd.DataFrame({"row": np.arange(1, len(texts) + 1), "prediction": bundle.label_map.decode(proba.argmax(1))})
+    for i, name in enumerate(bundle.label_map.names):
+        frame[f"proba_{name}"] = proba[:, i]
+    frame["model_version"] = bundle.version
+    return frame
+
+
+def write_frame(frame: pd.DataFrame, output: Path) -> None:
+    """Write csv/tsv/parquet/jsonl by extension, via a temporary file: never half a file."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
+    suffix = output.suffix.lower()
+    if suffix == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    elif suffix in (".jsonl", ".ndjson"):
+        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    elif suffix in (".tsv", ".tab"):
+        frame.to_csv(tmp, sep="\t", index=False)
+    elif suffix == ".csv":
+        frame.to_csv(tmp, index=False)
+    else:
+        raise DataError(f"{output}: unknown output format {suffix!r}; use .csv, .tsv, .parquet or .jsonl")
+    os.replace(tmp, output)
+
+
+def predict_file(bundle: Path | Bundle, input_path: Path, output: Path, *, text_column: str = "text",
+                 batch_size: int = 1024, device: str = "cpu") -> int:
+    """Predict every text of `input_path` and write labels + probabilities + model version to `output`."""
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device=device)
+    texts = read_texts(input_path, text_column)
+    frame = predictions_frame(loaded, texts, batch_size=batch_size, progress=True)
+    write_frame(frame, output)
+    return len(frame)
