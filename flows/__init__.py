@@ -1,5 +1,5 @@
 """Prefect flows of foldstack: `train` (the pipeline), `train_fold` (one fold on a work-pool worker),
-`watch_data` (emits `foldstack.core.data.changed`), `deploy` (the deployments) and `batch_predict`.
+`watch_data` (emits `foldstack.data.changed`), `deploy` (the deployments) and `batch_predict`.
 
 Importing this package settles where Prefect keeps its state before Prefect itself is imported (Prefect reads
 its settings once, at import): with no Prefect configuration of the user's own, the embedded (ephemeral)

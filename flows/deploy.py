@@ -1,6 +1,6 @@
 """The deployments of foldstack, and serving them.
 
-* `retrain`: the `train-ensemble` flow on `runtime.retrain_cron`, plus a trigger on `foldstack.core.data.changed`
+* `retrain`: the `train-ensemble` flow on `runtime.retrain_cron`, plus a trigger on `foldstack.data.changed`
   for this params file's data; at most one run at a time (a trigger during a run queues one, never two at once);
 * `watch-data`: the `watch-data` flow every `runtime.watch_interval_seconds`;
 * `train-fold`: the per-fold flow on the work pool `runtime.work_pool` (`runtime.executor: workpool`).

@@ -1,4 +1,4 @@
-"""The `watch-data` flow: emit `foldstack.core.data.changed` when the training data is not what the last successful
+"""The `watch-data` flow: emit `foldstack.data.changed` when the training data is not what the last successful
 training run used.
 
 What "the last run used" is comes from DVC when the project has a `dvc.lock` (the md5 it recorded for the
@@ -24,7 +24,7 @@ from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
 from foldstack.errors import DataError
 from foldstack.common.files import read_json, sha256_file, sha256_json, write_json
 
-DATA_CHANGED_EVENT = "foldstack.core.data.changed"
+DATA_CHANGED_EVENT = "foldstack.data.changed"
 LAST_SUCCESS_FILE = "flow/last_success.json"
 ANNOUNCED_FILE = "flow/announced.json"
 

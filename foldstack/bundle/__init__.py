@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from foldstack import __version__ as foldstack_version
+from foldstack.common.version import __version__ as foldstack_version
 from foldstack.core.data import LabelMap, normalise_text
 from foldstack.errors import BundleError
 from foldstack.common.files import COMPLETE_MARKER, atomic_directory, read_json, sha256_file, sha256_json, write_json

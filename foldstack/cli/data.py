@@ -23,7 +23,7 @@ def validate_data(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = 
 
     Exits non-zero when an error-level rule breaks; warnings are printed and do not fail.
     """
-    from foldstack.ops.validation import run_gate
+    from foldstack.pipeline.validation import run_gate
 
     _, report = run_gate(load_config(params, set_ or []))  # a broken rule raises DataError -> exit 2
     out.print(report.summary(), highlight=False)

@@ -23,6 +23,7 @@ from rich.table import Table
 from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
 from foldstack.ops.doctor import diagnose
 from foldstack.errors import FoldstackError
+from foldstack.common.version import __version__
 from foldstack.runtime.process_exit import skip_final_garbage_collection
 from foldstack.pipeline.runlock import run_lock
 
@@ -326,10 +327,8 @@ def write_traceback_log(exc: BaseException) -> Path | None:
     import traceback
     from datetime import datetime
 
-    import foldstack
-
     name = f"foldstack-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
-    text = (f"command: {' '.join(sys.argv)}\nfoldstack {foldstack.__version__}, python {sys.version.split()[0]}\n\n"
+    text = (f"command: {' '.join(sys.argv)}\nfoldstack {__version__}, python {sys.version.split()[0]}\n\n"
             + "".join(traceback.format_exception(exc)))
     for directory in (Path.cwd() / TRACEBACK_LOG_DIR, Path(tempfile.gettempdir()) / "foldstack-logs"):
         try:

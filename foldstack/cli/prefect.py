@@ -131,7 +131,7 @@ def serve(
     from foldstack.config import load_config
 
     cfg = load_config(params)  # a bad params file fails here, before anything is registered
-    typer.echo(f"serving retrain (cron {cfg.runtime.retrain_cron!r}, on foldstack.core.data.changed) and watch-data "
+    typer.echo(f"serving retrain (cron {cfg.runtime.retrain_cron!r}, on foldstack.data.changed) and watch-data "
                f"(every {cfg.runtime.watch_interval_seconds}s) against {url}", err=True)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         serve_all(params)

@@ -13,6 +13,8 @@ import threading
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from foldstack.common.version import __version__
+
 if TYPE_CHECKING:
     from foldstack.models.base import BaseModel, ModelContext
 
@@ -90,7 +92,6 @@ def code_version(kind: str) -> str:
     import re
     import sys
 
-    import foldstack
 
     module = inspect.getmodule(model_class(kind))
     sources, seen, queue = [], set(), [module.__name__] if module else []
@@ -105,4 +106,4 @@ def code_version(kind: str) -> str:
             importlib.import_module(dep)
             queue.append(dep)
     digest = hashlib.sha256("\n".join(sources).encode()).hexdigest()[:12]
-    return f"{foldstack.__version__}+{digest}"
+    return f"{__version__}+{digest}"

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import foldstack
+from foldstack.common.version import __version__
 from foldstack.config import Config
 from foldstack.errors import ConfigError
 from foldstack.runtime.gpu_slots import SlotPlan, kind_uses_gpu, plan_slots, visible_gpus
@@ -264,7 +264,7 @@ def diagnose(cfg: Config, params: str = "(in memory)") -> DoctorReport:
         slots, slots_problem = None, str(exc)
     report = DoctorReport(
         params=params,
-        foldstack_version=foldstack.__version__,
+        foldstack_version=__version__,
         python=f"{sys.version.split()[0]} ({sys.executable})",
         torch=torch_build(),
         nvidia_driver=nvidia_driver_version(),

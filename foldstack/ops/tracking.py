@@ -30,6 +30,7 @@ import numpy as np
 
 from foldstack.errors import FoldstackError
 from foldstack.common.files import load_array, read_json, write_json
+from foldstack.common.version import __version__
 
 if TYPE_CHECKING:
     from foldstack.config import Config, TrackingConfig
@@ -217,11 +218,10 @@ class Tracker:
         run.finish(exit_code=exit_code)
 
     def _provenance(self) -> dict[str, Any]:
-        import foldstack
         from foldstack.pipeline.stages import Layout
 
         layout = Layout.of(self.cfg)
-        info: dict[str, Any] = {"foldstack_version": foldstack.__version__, **git_state(self.cfg.resolve_path("."))}
+        info: dict[str, Any] = {"foldstack_version": __version__, **git_state(self.cfg.resolve_path("."))}
         snapshot_json = layout.snapshot / "snapshot.json"
         folds_json = layout.folds / "folds.json"
         info["data_hash"] = read_json(snapshot_json).get("data_hash") if snapshot_json.is_file() else None

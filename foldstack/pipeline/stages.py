@@ -93,7 +93,7 @@ def load_folds(cfg: Config) -> FoldAssignment:
 # --------------------------------------------------------------------------------------------- validate
 def validate(cfg: Config) -> dict[str, Any]:
     """Read and check the data (the Great Expectations gate), split off the holdout, write the snapshot."""
-    from foldstack.ops.validation import run_gate
+    from foldstack.pipeline.validation import run_gate
 
     # Before any work: a missing model directory would otherwise stop the run after the other base models
     # trained, and an artifacts directory that cannot be made with an OSError instead of naming its key.

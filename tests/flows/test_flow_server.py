@@ -1,6 +1,6 @@
 """Against a real `prefect server start` on 127.0.0.1: the work-pool executor (a process worker runs one
 `train-fold` flow per fold, artifacts go through shared storage) gives the same OOF as a local run, and a
-`foldstack.core.data.changed` event from `watch-data` creates a `retrain` flow run.
+`foldstack.data.changed` event from `watch-data` creates a `retrain` flow run.
 
 Both start processes (server, worker) and stop them, bounded in time.
 """

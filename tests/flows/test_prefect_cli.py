@@ -5,7 +5,7 @@
 * the `retrain` deployment that `foldstack serve` registers runs on its cron: the server's scheduler creates
   the runs (what failed with SQLAlchemy 2.1, see pyproject.toml) and the runner served by `foldstack serve`
   runs one to completion;
-* `watch-data`, served beside it, emits `foldstack.core.data.changed`, the trigger creates a `retrain` run, and a
+* `watch-data`, served beside it, emits `foldstack.data.changed`, the trigger creates a `retrain` run, and a
   second event during that run queues a run (one at a time) instead of starting it.
 
 Every wait is bounded; every process is stopped in a `finally`.

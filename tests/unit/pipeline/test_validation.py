@@ -11,7 +11,7 @@ from foldstack.config import config_from_dict, load_config
 from foldstack.core.demo import make_demo_frame
 from foldstack.errors import ConfigError, DataError
 from foldstack.pipeline.stages import Layout, run_pipeline, validate
-from foldstack.ops.validation import run_gate
+from foldstack.pipeline.validation import run_gate
 from tests.conftest import write_params
 
 

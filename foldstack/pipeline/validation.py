@@ -44,7 +44,7 @@ from foldstack.core.data import _normalise_label as normalise_label
 from foldstack.errors import DataError
 from foldstack.common.files import write_json
 
-log = logging.getLogger("foldstack.ops.validation")
+log = logging.getLogger("foldstack.pipeline.validation")
 
 # The batches the gate validates; each has its own suite, validation definition and checkpoint.
 TRAINING_DATA = "training_data"
