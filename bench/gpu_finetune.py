@@ -64,7 +64,7 @@ if str(REPO_ROOT) not in sys.path:  # `python bench/gpu_finetune.py` puts only b
 
 from bench.common import machine_markdown, markdown_table  # noqa: E402
 
-DEFAULT_DATA = Path("/work/shared/data/rt_polarity/all.csv")
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "rt_polarity" / "all.csv"  # read in place, as bench/quality.py
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DEFAULT_WORK_DIR = REPO_ROOT / "bench" / ".work" / "gpu"
 MINILM_SUBDIR = "minilm-fp16"
