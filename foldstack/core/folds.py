@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from foldstack.errors import DataError
-from foldstack.common.files import sha256_json
+from foldstack.common.files import read_json, sha256_json
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,13 @@ class FoldAssignment:
             "group": np.tile(self.group, self.repeats),
         })
         frame.to_parquet(directory / "folds.parquet", index=False)
+        # Not write_json, which sorts the keys: folds.json keeps the order (and so the DVC hash) it always had.
         (directory / "folds.json").write_text(json.dumps(
             {"hash": self.hash, "k": self.k, "repeats": self.repeats, "n_rows": self.n_rows}, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: Path) -> FoldAssignment:
-        meta = json.loads((directory / "folds.json").read_text())
+        meta = read_json(directory / "folds.json")
         frame = pd.read_parquet(directory / "folds.parquet").sort_values(["repeat", "row_index"])
         fold = frame["fold"].to_numpy().reshape(meta["repeats"], meta["n_rows"])
         group = frame.loc[frame["repeat"] == 0, "group"].to_numpy()

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from foldstack.core.data import read_table
 from foldstack.errors import DataError
 
 
@@ -62,8 +63,6 @@ def phrase_dataset(sentences: pd.DataFrame, *, n_train: int, n_holdout: int, spa
 
 def write_phrase_dataset(source: Path, out_dir: Path, **options: Any) -> dict[str, Any]:
     """Write `train.csv` and `holdout.csv` under `out_dir` (params: data.path and data.test_path)."""
-    from foldstack.core.data import read_table
-
     train, holdout = phrase_dataset(read_table(Path(source)), **options)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
