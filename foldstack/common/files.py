@@ -56,11 +56,16 @@ def derive_seed(base_seed: int, identity: str) -> int:
     return int(hashlib.sha256(f"{base_seed}:{identity}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON via a temporary file and rename, so a reader never sees half a file."""
+def write_json(path: Path, obj: Any, *, indent: int | None = 2) -> None:
+    """Write JSON via a temporary file and rename, so a reader never sees half a file.
+
+    ASCII-escaped, so any string (even a lone surrogate, which UTF-8 cannot encode) survives the round trip;
+    `indent=None` writes one line (e.g. a vocabulary of a few hundred thousand terms).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n", encoding="utf-8")
+    text = json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=True, default=_json_default)
+    tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

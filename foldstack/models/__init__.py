@@ -8,7 +8,11 @@ point group: `mykind = "mypackage.module:MyModel"`.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
+import re
+import sys
 import threading
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -87,12 +91,6 @@ def code_version(kind: str) -> str:
     Covers the kind's own module and the foldstack modules it imports (e.g. the shared transformer or
     persistence helpers), so a change to any of them retrains that kind's folds and no other kind's.
     """
-    import hashlib
-    import inspect
-    import re
-    import sys
-
-
     module = inspect.getmodule(model_class(kind))
     sources, seen, queue = [], set(), [module.__name__] if module else []
     while queue:

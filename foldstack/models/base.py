@@ -65,16 +65,20 @@ def check_proba(proba: np.ndarray, n_rows: int, n_classes: int, who: str) -> np.
 
 
 def check_labels(y: np.ndarray, n_rows: int, n_classes: int, who: str) -> np.ndarray:
-    """`y` as int64 codes in 0..n_classes-1, one per row, or a ValueError saying what is wrong.
+    """`y` as int64 codes in 0..n_classes-1, one per row, or an error saying what is wrong: a TypeError for
+    codes that are no integers (labels not mapped to codes), a ValueError for the wrong shape or range.
 
-    For what fits on class codes: the transformer kinds (one code per text) and the meta-learners (one per
-    row of the base models' probabilities).
+    For everything that fits on class codes: the base-model kinds (one code per text) and the meta-learners
+    (one per row of the base models' probabilities).
     """
     y = np.asarray(y)
     if y.shape != (n_rows,):
         raise ValueError(f"{who}: y has shape {y.shape}; expected ({n_rows},), one class code per row")
     if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{who}: y must hold integer class codes, got dtype {y.dtype}")
+        raise TypeError(
+            f"{who}: y must hold integer class codes 0..{n_classes - 1}, got dtype {y.dtype}; labels are mapped "
+            f"to codes by the snapshot's label map"
+        )
     if n_rows and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(f"{who}: y holds codes outside 0..{n_classes - 1} (min {y.min()}, max {y.max()})")
     return y.astype(np.int64)

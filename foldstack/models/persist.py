@@ -1,20 +1,21 @@
-"""Saving and loading the pieces of scikit-learn base models without pickle.
+"""Saving and loading the files of a base model, without pickle: the one place that reads and writes them.
 
-Three file kinds, each loaded without executing code from the file:
-
-- JSON (`save_json` / `load_json`) for small metadata (`model.json`: kind, params, n_classes, seed) and
-  for vectorizer vocabularies.
-- `.npy` arrays (`save_array` / `load_array`), read with `allow_pickle=False`.
+- `model.json` (`write_model_json` / `read_model_json`, and `restore_model`, which rebuilds a model from it):
+  kind, format version, params, n_classes and seed, plus what the kind adds; every kind writes it last, so a
+  directory with a model.json holds a complete model.
+- JSON and `.npy` files are written with `foldstack.common.files` (`write_json`, ASCII-escaped so any string —
+  even a lone surrogate — survives; `save_array`, which refuses object arrays); `load_json` / `load_array`
+  here read them back, a missing or malformed file being a `BundleError` that names it, an array never
+  unpickled.
 - skops files (`save_sklearn` / `load_sklearn`) for fitted estimators. Before an estimator is rebuilt,
   every type named in the file is checked against `TRUSTED_TYPES`, an explicit allow-list; anything
   else — including types skops itself would trust by default — is refused with a `BundleError` that
   names the types.
-
-Every failure to read a file the model needs is a `BundleError` naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import zipfile
@@ -23,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from foldstack.common import files
 from foldstack.errors import BundleError
+from foldstack.models.base import ModelContext, params_dict
 
 MODEL_JSON = "model.json"
 
@@ -63,35 +67,62 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
 )
 
 
-# ----------------------------------------------------------------------------------------------- JSON
-def save_json(data: Any, path: Path, *, indent: int | None = 2) -> None:
-    """Write `data` as JSON (ASCII-escaped, so any string — even a lone surrogate — survives)."""
-    text = json.dumps(data, indent=indent, sort_keys=True, ensure_ascii=True)
-    Path(path).write_text(text + "\n", encoding="utf-8")
+# ------------------------------------------------------------------------------------------ model.json
+def write_model_json(model: Any, directory: Path, format_version: int, **extra: Any) -> None:
+    """The `model.json` that `restore_model` reads: kind, format, params, classes and seed, plus `extra`."""
+    files.write_json(Path(directory) / MODEL_JSON, {
+        "kind": model.kind, "format_version": format_version, "params": params_dict(model.params),
+        "n_classes": model.context.n_classes, "seed": model.context.seed, **extra,
+    })
 
 
+def read_model_json(directory: Path, kind: str, format_version: int) -> dict[str, Any]:
+    """The `model.json` of a saved model of `kind`, or a BundleError naming what does not match."""
+    path = Path(directory) / MODEL_JSON
+    if not path.is_file():
+        raise BundleError(f"{directory}: no {MODEL_JSON}; not a saved {kind} model")
+    meta = load_json(path)
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    if meta.get("kind") != kind:
+        raise BundleError(f"{path}: holds a {meta.get('kind')!r} model, not {kind!r}")
+    if meta.get("format_version") != format_version:
+        raise BundleError(
+            f"{path}: format version {meta.get('format_version')}, this foldstack reads {format_version}; re-train it"
+        )
+    return meta
+
+
+def restore_model(cls: type, directory: Path, format_version: int, *, device: str,
+                  cache_dir: Path | None) -> tuple[Any, dict[str, Any]]:
+    """A model of `cls` rebuilt from its saved `model.json` (params, classes, seed) on `device`, and that JSON;
+    the caller restores the learned state."""
+    meta = read_model_json(directory, cls.kind, format_version)
+    try:
+        params = cls.Params.model_validate(meta["params"])
+        context = ModelContext(n_classes=meta["n_classes"], device=device, seed=meta["seed"], cache_dir=cache_dir)
+    except (KeyError, TypeError, ValueError, ValidationError) as exc:
+        raise BundleError(f"{Path(directory) / MODEL_JSON}: incomplete or invalid model metadata ({exc})") from None
+    return cls(params, context), meta
+
+
+# ---------------------------------------------------------------------------------------- JSON, arrays
 def load_json(path: Path) -> Any:
-    """Read a JSON file; a missing or malformed file is a `BundleError` naming it."""
+    """`files.read_json`, with a missing or malformed file a `BundleError` naming it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return files.read_json(path)
     except FileNotFoundError:
         raise BundleError(f"{path}: file missing from the saved model") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: not a readable JSON file ({exc})") from None
 
 
-# --------------------------------------------------------------------------------------------- arrays
-def save_array(array: np.ndarray, path: Path) -> None:
-    """Write a numeric array as `.npy`; object arrays (which would need pickle) are refused."""
-    np.save(Path(path), np.asarray(array), allow_pickle=False)
-
-
 def load_array(path: Path) -> np.ndarray:
-    """Read an `.npy` file written by `save_array`, never unpickling anything."""
+    """`files.load_array` (never unpickling anything), with a missing file or an object array a `BundleError`."""
     path = Path(path)
     try:
-        return np.load(path, allow_pickle=False)
+        return files.load_array(path)
     except FileNotFoundError:
         raise BundleError(f"{path}: file missing from the saved model") from None
     except (OSError, ValueError) as exc:
@@ -128,8 +159,6 @@ def _normalise_zip(path: Path) -> None:
     new artifact where nothing changed. Arrays are renamed after their content hash (the schema's
     references follow), entries are sorted and their timestamps fixed.
     """
-    import hashlib
-
     with zipfile.ZipFile(path) as source:
         contents = {info.filename: source.read(info) for info in source.infolist()}
     schema = contents.pop("schema.json").decode("utf-8")

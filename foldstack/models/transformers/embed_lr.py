@@ -1,7 +1,7 @@
 """`embed_lr`: frozen transformer sentence embeddings + a scikit-learn logistic regression.
 
 Embedding is the expensive part, and it does not depend on the fold: every text is embedded once per
-embedding model and kept in an append-only cache under `<cache_dir>/embeddings/` (a `hf.TextArrayStore`,
+embedding model and kept in an append-only cache under `<cache_dir>/embeddings/` (a `text_cache.TextArrayStore`,
 the same mechanism as the token-id cache of `finetune`), keyed by the sha256 of the text. Fold 1's fit
 and predictions fill it; folds 2..K and later runs on the same texts compute nothing.
 Without a cache directory (context.cache_dir None) embeddings are computed every time.
@@ -21,22 +21,17 @@ from typing import ClassVar, Self
 import numpy as np
 from pydantic import Field
 
-from foldstack.errors import BundleError, DataError
 from foldstack.common.files import load_array, save_array
+from foldstack.errors import BundleError, DataError
 from foldstack.models import register_model
 from foldstack.models.base import ModelContext, ModelParams, check_labels
+from foldstack.models.persist import restore_model, write_model_json
+from foldstack.models.transformers.batching import SentenceEncoder
+from foldstack.models.transformers.hf import DEFAULT_EMBEDDING_MODEL, model_identity, resolve_model_source
+from foldstack.models.transformers.text_cache import RaggedArray, TextArrayStore, texts_hash
 from foldstack.runtime.devices import resolve_device
-from foldstack.models.transformers.hf import (
-    DEFAULT_EMBEDDING_MODEL,
-    RaggedArray,
-    SentenceEncoder,
-    TextArrayStore,
-    model_identity,
-    restore_model,
-    write_model_json,
-    resolve_model_source,
-    texts_hash,
-)
+
+__all__ = ["EmbedLR"]
 
 FORMAT_VERSION = 1
 

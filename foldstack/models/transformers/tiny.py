@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from foldstack.common.files import write_json
+from foldstack.models.transformers.quiet import quiet_transformers
 
 TINY_MARKER_FILE = "foldstack_tiny.json"
 
@@ -85,8 +86,6 @@ def build_tiny_model(directory: Path | str, seed: int = 0, corpus: Iterable[str]
     """
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
-
-    from foldstack.models.transformers.hf import quiet_transformers
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

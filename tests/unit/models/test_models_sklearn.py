@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 from sklearn.exceptions import NotFittedError
 
+from foldstack.common.files import save_array
 from foldstack.errors import BundleError
 from foldstack.models import make_model, model_class
 from foldstack.models.base import ModelContext, check_proba
@@ -20,7 +21,6 @@ from foldstack.models.persist import (
     load_array,
     load_json,
     load_sklearn,
-    save_array,
     save_sklearn,
 )
 from foldstack.models.sklearn import NBSVM, TfidfCharSVM, TfidfLogisticRegression
@@ -246,7 +246,7 @@ def test_same_seed_same_model(kind):
 # ------------------------------------------------------------------------------------- persist helpers
 def test_persist_helpers_refuse_what_they_cannot_read_safely(tmp_path):
     with pytest.raises(ValueError):
-        save_array(np.array([object()]), tmp_path / "objects.npy")
+        save_array(tmp_path / "objects.npy", np.array([object()]))
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(BundleError, match="broken.json"):
         load_json(tmp_path / "broken.json")
