@@ -12,7 +12,11 @@ from foldstack.config.base import Section
 from foldstack.config.loading import (
     DEFAULT_PARAMS_FILE, Config, apply_overrides, config_from_dict, load_config,
 )
-from foldstack.config.meta import MetaConfig, MetaKind
+from foldstack.config.meta import (
+    META_CONFIGS, AutoMetaConfig, EnsembleSelectionMetaConfig, EnsembleSelectionParams, LogregMetaConfig,
+    LogregParams, MetaConfig, MetaKind, MetaSection, VoteMetaConfig, VoteParams, WeightedMeanMetaConfig,
+    WeightedMeanParams,
+)
 from foldstack.config.models import BaseModelSpec
 from foldstack.config.runtime import RuntimeConfig
 from foldstack.config.sections import (
@@ -22,8 +26,10 @@ from foldstack.config.sections import (
 from foldstack.errors import ConfigError
 
 __all__ = [
-    "DEFAULT_PARAMS_FILE", "VALIDATION_RULES", "BaseModelSpec", "Config", "ConfigError", "DataConfig",
-    "EvaluateConfig", "FoldsConfig", "GroupingConfig", "MetaConfig", "MetaKind", "RegistryConfig", "RuntimeConfig",
-    "Section", "SplitConfig", "TrackingConfig", "ValidationConfig", "ValidationRule", "apply_overrides",
-    "config_from_dict", "load_config",
+    "DEFAULT_PARAMS_FILE", "META_CONFIGS", "VALIDATION_RULES", "AutoMetaConfig", "BaseModelSpec", "Config",
+    "ConfigError", "DataConfig", "EnsembleSelectionMetaConfig", "EnsembleSelectionParams", "EvaluateConfig",
+    "FoldsConfig", "GroupingConfig", "LogregMetaConfig", "LogregParams", "MetaConfig", "MetaKind", "MetaSection",
+    "RegistryConfig", "RuntimeConfig", "Section", "SplitConfig", "TrackingConfig", "ValidationConfig",
+    "ValidationRule", "VoteMetaConfig", "VoteParams", "WeightedMeanMetaConfig", "WeightedMeanParams",
+    "apply_overrides", "config_from_dict", "load_config",
 ]

@@ -9,8 +9,6 @@ is allowed. A CLI flag or a flow parameter overrides one key by its dotted path 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from foldstack.config.base import Section, describe_errors
-from foldstack.config.meta import MetaConfig
+from foldstack.config.meta import META_CONFIGS, AutoMetaConfig, MetaSection, default_kind
 from foldstack.config.models import BaseModelSpec
 from foldstack.config.runtime import RuntimeConfig
 from foldstack.config.sections import (
@@ -38,12 +36,17 @@ class Config(Section):
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
     # validate_default: params without base_models get the "at least one" error, not an empty run.
     base_models: list[BaseModelSpec] = Field(default_factory=list, validate_default=True)
-    meta: MetaConfig = Field(default_factory=MetaConfig)
+    meta: MetaSection = Field(default_factory=AutoMetaConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+
+    @field_validator("meta", mode="before")
+    @classmethod
+    def _meta_kind(cls, meta: Any) -> Any:
+        return default_kind(meta)
 
     @field_validator("base_models", mode="before")
     @classmethod
@@ -103,12 +106,6 @@ class Config(Section):
             section, field_name = key.split(".")
             _require_writable_dir(self.resolve_path(getattr(getattr(self, section), field_name)), key)
 
-    def section_hash(self, *sections: str) -> str:
-        """A stable hash of the named top-level sections (what a stage's identity depends on)."""
-        dumped = self.model_dump(mode="json")
-        payload = {s: dumped[s] for s in sections}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
     def resolve_path(self, value: str) -> Path:
         """Relative paths in params are relative to the directory of the params file."""
         p = Path(value)
@@ -148,7 +145,8 @@ def config_from_dict(raw: dict[str, Any], *, root: Path | str = ".", source: str
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid params — {describe_errors(exc, _model_names(raw))}") from None
+        problems = describe_errors(exc, _model_names(raw), tagged={"meta": META_CONFIGS})
+        raise ConfigError(f"{source}: invalid params — {problems}") from None
     cfg._root = Path(root).resolve()
     return cfg
 

@@ -69,8 +69,15 @@ class FoldsConfig(Section):
 class EvaluateConfig(Section):
     ece_bins: int = Field(15, ge=2, le=100)
     baselines: list[Literal["weighted_mean", "vote"]] = Field(default_factory=lambda: ["weighted_mean", "vote"])
-    primary_metric: Literal["accuracy", "macro_f1", "log_loss", "roc_auc"] = "log_loss"
     plots: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, raw: Any) -> Any:
+        return reject_retired_keys(raw, {
+            "primary_metric": "primary_metric was removed: nothing read it (the registry's gate compares "
+                              "registry.gate_metric); delete it from the params",
+        })
 
 
 class RegistryConfig(Section):

@@ -7,8 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from foldstack.core import meta as meta_module
-from foldstack.config import MetaConfig
+from foldstack.config import (
+    META_CONFIGS, AutoMetaConfig, EnsembleSelectionMetaConfig, LogregMetaConfig, MetaConfig, VoteMetaConfig,
+    WeightedMeanMetaConfig,
+)
+from foldstack.core.meta import select as select_module
 from foldstack.core.meta import (
     EnsembleSelection,
     LogisticStacker,
@@ -18,9 +21,13 @@ from foldstack.core.meta import (
     cross_validate_meta,
     load_meta,
     make_meta,
+    meta_class,
+    registered_kinds,
+    select_meta,
 )
 
 KINDS = ["logreg", "ensemble_selection", "weighted_mean", "vote"]
+ROUNDS_10 = {"ensemble_selection": {"rounds": 10}}
 # Base models from weak to strong are listed in this order on purpose: the best is last, so a learner that
 # just takes the first model (or breaks ties by position) cannot pass the "prefers the best" checks.
 STRENGTHS = (0.4, 1.2, 2.5)
@@ -59,7 +66,7 @@ def assert_valid_proba(proba: np.ndarray, n_rows: int, n_classes: int) -> None:
 def test_every_kind_fits_and_predicts_valid_probabilities(kind, n_classes):
     oof, y = synthetic_oof(300, n_classes, seed=1)
     holdout, y_holdout = synthetic_oof(120, n_classes, seed=2)
-    learner = make_meta(MetaConfig(kind=kind), n_classes, seed=0)
+    learner = make_meta(META_CONFIGS[kind](), n_classes, seed=0)
     assert learner.kind == kind
     assert learner.fit(oof, y) is learner
     proba = learner.predict_proba(holdout)
@@ -72,7 +79,7 @@ def test_every_kind_fits_and_predicts_valid_probabilities(kind, n_classes):
 def test_logreg_beats_the_worst_model_and_matches_the_best_on_log_loss(n_classes):
     oof, y = synthetic_oof(600, n_classes, seed=3)
     holdout, y_holdout = synthetic_oof(600, n_classes, seed=4)
-    learner = make_meta(MetaConfig(kind="logreg"), n_classes, seed=0).fit(oof, y)
+    learner = make_meta(LogregMetaConfig(), n_classes, seed=0).fit(oof, y)
     stacked = log_loss_of(learner.predict_proba(holdout), y_holdout)
     base_losses = [log_loss_of(p, y_holdout) for p in holdout]
     assert stacked < max(base_losses)
@@ -92,7 +99,7 @@ def test_logreg_beats_the_worst_model_and_matches_the_best_on_log_loss(n_classes
 )
 def test_logreg_feature_layout(n_classes, logit, passthrough, expected_features):
     oof, y = synthetic_oof(200, n_classes, seed=5)
-    cfg = MetaConfig(kind="logreg", logit=logit, passthrough=passthrough)
+    cfg = LogregMetaConfig(logit=logit, passthrough=passthrough)
     learner = make_meta(cfg, n_classes, seed=0).fit(oof, y)
     assert learner.n_features_in_ == expected_features
     assert np.asarray(learner.coef_).shape[1] == expected_features
@@ -101,7 +108,7 @@ def test_logreg_feature_layout(n_classes, logit, passthrough, expected_features)
 def test_logreg_log_odds_survive_hard_zeros_and_ones():
     oof, y = synthetic_oof(200, 2, seed=6)
     oof[2] = np.eye(2)[y]  # a base model that is certain (and right) on every row
-    learner = make_meta(MetaConfig(kind="logreg"), 2, seed=0).fit(oof, y)
+    learner = make_meta(LogregMetaConfig(), 2, seed=0).fit(oof, y)
     proba = learner.predict_proba(oof)
     assert_valid_proba(proba, 200, 2)
     assert np.mean(proba.argmax(axis=1) == y) == 1.0
@@ -110,7 +117,7 @@ def test_logreg_log_odds_survive_hard_zeros_and_ones():
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_ensemble_selection_weights_sum_to_one_and_prefer_the_best_model(n_classes):
     oof, y = synthetic_oof(400, n_classes, seed=7)
-    cfg = MetaConfig(kind="ensemble_selection", selection_rounds=20)
+    cfg = EnsembleSelectionMetaConfig(rounds=20)
     learner = make_meta(cfg, n_classes, seed=0).fit(oof, y)
     assert sum(learner.weights_) == pytest.approx(1.0)
     assert sum(learner.selection_counts_) == 20
@@ -169,7 +176,7 @@ def test_vote_follows_the_majority_and_breaks_ties_by_mean_probability():
 def test_save_and_load_give_identical_predictions_from_json_only(kind, tmp_path):
     oof, y = synthetic_oof(200, 3, seed=11)
     holdout, _ = synthetic_oof(50, 3, seed=12)
-    learner = make_meta(MetaConfig(kind=kind, selection_rounds=10), 3, seed=0).fit(oof, y)
+    learner = make_meta(META_CONFIGS[kind](**ROUNDS_10.get(kind, {})), 3, seed=0).fit(oof, y)
     learner.save(tmp_path / "meta")
 
     saved = list((tmp_path / "meta").iterdir())
@@ -185,7 +192,7 @@ def test_save_and_load_give_identical_predictions_from_json_only(kind, tmp_path)
 
 def test_loading_through_the_wrong_class_or_an_empty_dir_is_an_error(tmp_path):
     oof, y = synthetic_oof(100, 2, seed=13)
-    make_meta(MetaConfig(kind="vote"), 2, seed=0).fit(oof, y).save(tmp_path / "vote")
+    make_meta(VoteMetaConfig(), 2, seed=0).fit(oof, y).save(tmp_path / "vote")
     with pytest.raises(ValueError, match="holds a 'vote' meta-learner"):
         LogisticStacker.load(tmp_path / "vote")
     with pytest.raises(FileNotFoundError, match="no saved meta-learner"):
@@ -207,7 +214,7 @@ def test_bad_inputs_fail_with_messages_that_name_the_problem():
     with pytest.raises(ValueError, match="fitted on 3 base models but given 2"):
         learner.predict_proba(oof[:2])
     with pytest.raises(ValueError, match="at least 2 classes"):
-        make_meta(MetaConfig(), 1, seed=0)
+        make_meta(AutoMetaConfig(), 1, seed=0)
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         EnsembleSelection(3, rounds=0).fit(oof, y)
     with pytest.raises(ValueError, match="tie_break_weight"):
@@ -217,7 +224,7 @@ def test_bad_inputs_fail_with_messages_that_name_the_problem():
 @pytest.mark.parametrize("kind", KINDS)
 def test_cross_validate_meta_reports_held_out_quality(kind):
     oof, y = synthetic_oof(300, 3, seed=15)
-    result = cross_validate_meta(MetaConfig(kind=kind, cv_folds=4), oof, y, 3, seed=0)
+    result = cross_validate_meta(META_CONFIGS[kind](cv_folds=4), oof, y, 3, seed=0)
     assert {"kind", "cv_folds", "cv_folds_used", "n_rows", "accuracy", "macro_f1", "log_loss"} <= set(result)
     assert result["kind"] == kind and result["cv_folds_used"] == 4 and result["n_rows"] == 300
     assert 0.7 < result["accuracy"] <= 1.0
@@ -233,7 +240,7 @@ def test_cross_validate_meta_gives_chance_accuracy_on_random_labels():
     y = rng.integers(0, 2, n_rows)
     p_one = rng.uniform(0.05, 0.95, (n_models, n_rows))
     oof = [np.column_stack([1 - p, p]) for p in p_one]
-    cfg = MetaConfig(kind="logreg", C=100.0, cv_folds=5)
+    cfg = LogregMetaConfig(C=100.0, cv_folds=5)
 
     in_sample = make_meta(cfg, 2, seed=0).fit(oof, y).predict(oof)
     in_sample_accuracy = np.mean(in_sample == y)
@@ -266,8 +273,8 @@ def test_cross_validate_meta_never_predicts_a_row_it_was_fitted_on(monkeypatch):
             predicted_rows.append(rows)
             return np.full((len(rows), 2), 0.5)
 
-    monkeypatch.setattr(meta_module, "make_meta", lambda cfg, n_classes, seed: SpyLearner())
-    cross_validate_meta(MetaConfig(kind="logreg", cv_folds=5), oof, y, 2, seed=0)
+    monkeypatch.setattr(select_module, "make_meta", lambda cfg, n_classes, seed: SpyLearner())
+    cross_validate_meta(LogregMetaConfig(cv_folds=5), oof, y, 2, seed=0)
     assert len(fitted_rows) == 5
     every_prediction = np.concatenate(predicted_rows)
     assert sorted(every_prediction.tolist()) == row_id.tolist()  # every row held out exactly once
@@ -276,7 +283,7 @@ def test_cross_validate_meta_never_predicts_a_row_it_was_fitted_on(monkeypatch):
 def test_cross_validate_meta_lowers_folds_for_tiny_data():
     oof, y = synthetic_oof(6, 2, seed=17)
     y = np.array([0, 0, 0, 1, 1, 1])
-    result = cross_validate_meta(MetaConfig(kind="weighted_mean", cv_folds=5), oof, y, 2, seed=0)
+    result = cross_validate_meta(WeightedMeanMetaConfig(cv_folds=5), oof, y, 2, seed=0)
     assert result["cv_folds_used"] == 3
     assert np.isfinite(result["log_loss"])
 
@@ -290,3 +297,40 @@ def test_logreg_gives_zero_probability_to_a_class_missing_from_its_training_labe
     proba = learner.predict_proba(oof)
     assert_valid_proba(proba, 200, 3)
     assert np.all(proba[:, 2] == 0.0)
+
+
+def test_every_config_kind_has_a_registered_implementation_and_vice_versa():
+    assert set(registered_kinds()) == set(META_CONFIGS)
+    for kind in KINDS:
+        assert issubclass(meta_class(kind), MetaLearner) and meta_class(kind).kind == kind
+    with pytest.raises(ValueError, match="names no single learner"):
+        make_meta(AutoMetaConfig(), 2, seed=0)
+
+
+def test_make_meta_builds_each_kind_with_its_params_from_the_config():
+    assert make_meta(LogregMetaConfig(C=0.5, max_iter=50), 2, seed=3).get_params() == {
+        "n_classes": 2, "C": 0.5, "logit": True, "passthrough": False, "max_iter": 50, "seed": 3}
+    assert make_meta(EnsembleSelectionMetaConfig(rounds=7), 2, seed=0).get_params() == {"n_classes": 2, "rounds": 7}
+    assert make_meta(WeightedMeanMetaConfig(weighting="softmax_neg_log_loss"), 2, seed=0).weighting == \
+        "softmax_neg_log_loss"
+    vote = make_meta(VoteMetaConfig(tie_break_weight=0.25, smoothing=0.1), 2, seed=0)
+    assert (vote.tie_break_weight, vote.smoothing) == (0.25, 0.1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_config_defaults_are_the_learners_own_defaults(kind):
+    """A kind's params left out of the config build exactly the learner its constructor's defaults build."""
+    seed = {"seed": 0} if kind == "logreg" else {}
+    assert make_meta(MetaConfig(kind=kind), 3, seed=0).get_params() == meta_class(kind)(3, **seed).get_params()
+
+
+def test_auto_builds_each_candidate_with_the_params_it_gives_and_its_cv_folds():
+    cfg = AutoMetaConfig(cv_folds=4, candidates=["weighted_mean", "logreg"], logreg={"C": 0.25})
+    assert cfg.candidate("logreg") == LogregMetaConfig(C=0.25, cv_folds=4)
+    assert cfg.candidate("ensemble_selection") == EnsembleSelectionMetaConfig(cv_folds=4)
+    oof, y = synthetic_oof(200, 2, seed=19)
+    selection = select_meta(cfg, oof, y, 2, seed=0)
+    assert set(selection.candidates) == {"weighted_mean", "logreg"}
+    assert selection.candidates["logreg"]["cv_folds"] == 4
+    if selection.config.kind == "logreg":
+        assert selection.config.C == 0.25
