@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from foldstack.config import DEFAULT_PARAMS_FILE, load_config
+from foldstack.ops.versioning import data_change, pipeline_stages, plan_reruns, record_run
 
 console = Console(stderr=True)
 out = Console()
@@ -23,7 +24,7 @@ def validate_data(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = 
 
     Exits non-zero when an error-level rule breaks; warnings are printed and do not fail.
     """
-    from foldstack.pipeline.validation import run_gate
+    from foldstack.pipeline.validation import run_gate  # deferred: great_expectations, pandas
 
     _, report = run_gate(load_config(params, set_ or []))  # a broken rule raises DataError -> exit 2
     out.print(report.summary(), highlight=False)
@@ -32,8 +33,6 @@ def validate_data(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = 
 def dvc_status(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
                as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Which DVC stages are stale (DVC's own reasons) and so would rerun, and which are skipped."""
-    from foldstack.ops.versioning import plan_reruns
-
     plan = plan_reruns(load_config(params).resolve_path("."))
     if as_json:
         out.print_json(json.dumps(plan.to_json()))
@@ -46,8 +45,6 @@ def data_changed(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
                  exit_code: Annotated[bool, typer.Option("--exit-code",
                                                          help="exit 1 when the data is unchanged")] = False) -> None:
     """Has the data file changed since the run recorded in dvc.lock (its md5 against the validate stage's)?"""
-    from foldstack.ops.versioning import data_change
-
     change = data_change(load_config(params))
     out.print_json(json.dumps({"path": change.path, "changed": change.changed, "locked_md5": change.locked_md5,
                                "current_md5": change.current_md5}))
@@ -63,8 +60,6 @@ def dvc_record(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
                remote: Annotated[str | None, typer.Option(help="the DVC remote (default: the project's)")] = None,
                ) -> None:
     """Version outputs computed outside `dvc repro`: `dvc commit` the stages, then `dvc push`."""
-    from foldstack.ops.versioning import pipeline_stages, record_run
-
     root = load_config(params).resolve_path(".")
     record = record_run(root, stage or pipeline_stages(root), push_to_remote=push, remote=remote)
     out.print_json(json.dumps({"committed": record.committed, "pushed_files": record.pushed_files,

@@ -20,12 +20,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
-from foldstack.ops.doctor import diagnose
-from foldstack.errors import FoldstackError
+from foldstack.cli.registry import push
 from foldstack.common.version import __version__
-from foldstack.runtime.process_exit import skip_final_garbage_collection
+from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
+from foldstack.errors import ConfigError, FoldstackError
+from foldstack.models import available_kinds, model_class
+from foldstack.ops.doctor import diagnose
 from foldstack.pipeline.runlock import run_lock
+from foldstack.runtime.process_exit import skip_final_garbage_collection
 
 app = typer.Typer(
     name="foldstack",
@@ -112,7 +114,7 @@ def train(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
           track: Annotated[bool, typer.Option(help="log the run to W&B (tracking.mode; offline without a key)")]
           = True, wait: WaitOpt = True) -> None:
     """Run the whole pipeline in this process: validate, folds, base models, stack, evaluate, bundle."""
-    from foldstack.pipeline.stages import run_pipeline
+    from foldstack.pipeline.stages import run_pipeline  # deferred: pandas
 
     cfg = _config(params, set_)
     with run_lock(cfg, "foldstack train", wait=wait), _progress() as progress:
@@ -121,7 +123,7 @@ def train(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
     out.print(f"bundle: [bold]{result.bundle}[/bold]  (trained {result.trained} fold models, "
               f"reused {result.skipped})")
     if track:
-        from foldstack.ops.tracking import track_pipeline_run
+        from foldstack.ops.tracking import track_pipeline_run  # deferred: pandas
 
         where = track_pipeline_run(cfg)
         if where["mode"] != "disabled":
@@ -140,13 +142,12 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1)] = 1024,
 ) -> None:
     """Predict labels and class probabilities for a file of texts (with a bundle, or the registry's production model)."""
-    from foldstack.errors import ConfigError
-    from foldstack.ops.predict import predict_file
+    from foldstack.ops.predict import predict_file  # deferred: pandas
 
     if model is not None:
         if len(paths) != 1:
             raise ConfigError("with --model give only INPUT: foldstack predict --model production INPUT -o OUTPUT")
-        from foldstack.ops.registry import resolve_model
+        from foldstack.ops.registry import resolve_model  # deferred: pandas
 
         bundle, input_path = resolve_model(model, params=params), paths[0]
     else:
@@ -161,7 +162,7 @@ def predict(
 @app.command()
 def evaluate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """(Re)compute holdout metrics, leaderboard and plots from the stage outputs."""
-    from foldstack.pipeline.stages import evaluate as evaluate_stage
+    from foldstack.pipeline.stages import evaluate as evaluate_stage  # deferred: pandas
 
     result = evaluate_stage(_config(params, set_))
     out.print(leaderboard_table(result["leaderboard"]))
@@ -176,7 +177,7 @@ def demo_data(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write a synthetic product-review dataset (the project's own demo data)."""
-    from foldstack.core.demo import write_demo_data
+    from foldstack.core.demo import write_demo_data  # deferred: pandas
 
     summary = write_demo_data(out_path, rows=rows, n_classes=classes, noise=noise, seed=seed)
     console.log(f"wrote {summary['rows']} rows to {out_path}: {summary['class_counts']}")
@@ -191,8 +192,6 @@ def validate_params(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt 
 @app.command("models")
 def list_models() -> None:
     """List the registered base-model kinds and their params."""
-    from foldstack.models import available_kinds, model_class
-
     table = Table("kind", "params (defaults)", title="base-model kinds", title_justify="left")
     for kind in available_kinds():
         cls = model_class(kind)
@@ -228,7 +227,7 @@ def _stage_config(params: Path, set_: list[str] | None, stage: str) -> Config:
 @stage_app.command("validate")
 def stage_validate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Read and check the data; write the snapshot (train/holdout split, label map, hash)."""
-    from foldstack.pipeline.stages import validate
+    from foldstack.pipeline.stages import validate  # deferred: pandas
 
     _print_json(validate(_stage_config(params, set_, "validate")))
 
@@ -236,7 +235,7 @@ def stage_validate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt =
 @stage_app.command("folds")
 def stage_folds(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Write the one fold assignment every base model uses."""
-    from foldstack.pipeline.stages import make_folds
+    from foldstack.pipeline.stages import make_folds  # deferred: pandas
 
     _print_json(make_folds(_stage_config(params, set_, "folds")))
 
@@ -246,7 +245,7 @@ def stage_train_base(name: Annotated[str, typer.Argument(help="a base model's na
                      params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
                      device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N")] = None) -> None:
     """Train every fold of one base model (finished folds with the same identity are skipped), collect OOF."""
-    from foldstack.pipeline.stages import train_base
+    from foldstack.pipeline.stages import train_base  # deferred: pandas
 
     cfg = _stage_config(params, set_, f"train-base {name}")
     cfg.base_model(name)
@@ -261,7 +260,7 @@ def stage_train_base(name: Annotated[str, typer.Argument(help="a base model's na
 def stage_train_fold(name: str, repeat: int, fold: int, params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
                      set_: SetOpt = None, device: str | None = None) -> None:
     """Train one (model, repeat, fold) task."""
-    from foldstack.pipeline.stages import train_fold
+    from foldstack.pipeline.stages import train_fold  # deferred: pandas
 
     _print_json(train_fold(_config(params, set_), name, repeat, fold, device))
 
@@ -269,7 +268,7 @@ def stage_train_fold(name: str, repeat: int, fold: int, params: ParamsOpt = Path
 @stage_app.command("stack")
 def stage_stack(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Fit the meta-learner on the OOF predictions (and estimate it by CV on the OOF)."""
-    from foldstack.pipeline.stages import stack
+    from foldstack.pipeline.stages import stack  # deferred: pandas
 
     _print_json(stack(_stage_config(params, set_, "stack")))
 
@@ -277,7 +276,7 @@ def stage_stack(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = No
 @stage_app.command("evaluate")
 def stage_evaluate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Holdout metrics for every base model, baseline and the ensemble; leaderboard and plots."""
-    from foldstack.pipeline.stages import evaluate as evaluate_stage
+    from foldstack.pipeline.stages import evaluate as evaluate_stage  # deferred: pandas
 
     out.print(leaderboard_table(evaluate_stage(_stage_config(params, set_, "evaluate"))["leaderboard"]))
 
@@ -285,7 +284,7 @@ def stage_evaluate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt =
 @stage_app.command("bundle")
 def stage_bundle(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Assemble the self-describing, hashed model bundle."""
-    from foldstack.pipeline.stages import make_bundle
+    from foldstack.pipeline.stages import make_bundle  # deferred: pandas
 
     _print_json(make_bundle(_stage_config(params, set_, "bundle")))
 
@@ -294,8 +293,7 @@ def stage_bundle(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = N
 def stage_register(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Write the bundle, then register it, gate it against production and promote it on a pass (DVC's
     register stage: `stage bundle` followed by `registry push`, in one process)."""
-    from foldstack.cli.registry import push
-    from foldstack.pipeline.stages import make_bundle
+    from foldstack.pipeline.stages import make_bundle  # deferred: pandas
 
     bundle = make_bundle(_stage_config(params, set_, "register"))["bundle"]
     out.print(f"bundle: {bundle}")

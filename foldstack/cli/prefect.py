@@ -17,8 +17,9 @@ from typing import Annotated
 
 import typer
 
-from foldstack.config import DEFAULT_PARAMS_FILE
+from foldstack.config import DEFAULT_PARAMS_FILE, load_config
 from foldstack.errors import FoldstackError
+from foldstack.runtime.prefect_env import prefect_environment_defaults
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -50,7 +51,7 @@ def server(
     port: Annotated[int, typer.Option(min=1, max=65535)] = DEFAULT_PORT,
 ) -> None:
     """Start a local Prefect server with its UI (state in ./.prefect); Ctrl-C stops it."""
-    import flows  # noqa: F401  (PREFECT_HOME inside the project, analytics off)
+    prefect_environment_defaults()  # PREFECT_HOME inside the project, analytics off
 
     url = f"http://{host}:{port}"
     typer.echo(f"Prefect UI: {url}    state: {os.environ.get('PREFECT_HOME', '~/.prefect')}\n"
@@ -124,11 +125,10 @@ def serve(
     url = api_url or os.environ.get("PREFECT_API_URL") or _local_api_url()
     _check_server(url)
     os.environ["PREFECT_API_URL"] = url  # the flow runs this process starts inherit it
-    import flows  # noqa: F401
+    prefect_environment_defaults()  # before Prefect is imported: it reads its settings once, at import
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deploy import serve_all
-    from foldstack.config import load_config
+    from flows.deploy import serve_all  # deferred: prefect
 
     cfg = load_config(params)  # a bad params file fails here, before anything is registered
     typer.echo(f"serving retrain (cron {cfg.runtime.retrain_cron!r}, on foldstack.data.changed) and watch-data "

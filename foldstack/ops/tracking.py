@@ -31,6 +31,7 @@ import numpy as np
 from foldstack.errors import FoldstackError
 from foldstack.common.files import load_array, read_json, write_json
 from foldstack.common.version import __version__
+from foldstack.pipeline.stages import Layout, load_snapshot
 
 if TYPE_CHECKING:
     from foldstack.config import Config, TrackingConfig
@@ -97,8 +98,6 @@ def git_state(directory: Path) -> dict[str, Any]:
 
 def fold_metrics(cfg: Config) -> list[dict[str, Any]]:
     """Accuracy and log loss of every finished fold task on its own validation rows (from the stage files)."""
-    from foldstack.pipeline.stages import Layout, load_snapshot
-
     layout = Layout.of(cfg)
     snapshot = load_snapshot(cfg)
     y = snapshot.train["label"].to_numpy()
@@ -218,8 +217,6 @@ class Tracker:
         run.finish(exit_code=exit_code)
 
     def _provenance(self) -> dict[str, Any]:
-        from foldstack.pipeline.stages import Layout
-
         layout = Layout.of(self.cfg)
         info: dict[str, Any] = {"foldstack_version": __version__, **git_state(self.cfg.resolve_path("."))}
         snapshot_json = layout.snapshot / "snapshot.json"
@@ -240,8 +237,6 @@ class Tracker:
             return counts
         import pandas as pd
         import wandb
-
-        from foldstack.pipeline.stages import Layout
 
         layout = Layout.of(self.cfg)
         payload: dict[str, Any] = {}
