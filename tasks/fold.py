@@ -6,8 +6,8 @@ decides, per task, which device it gets and which process does the fit:
 
 * a GPU task leases one device (`DeviceLeases`, host-wide) and fits in the task's own thread: torch releases
   the GIL, and the devices' CUDA contexts are made once per flow process, not once per task;
-* a CPU task fits in one of this process's worker processes (one per CPU slot, started on first use, forked
-  from a fork server that has the model code loaded), because the tf-idf kinds tokenise in Python and would
+* a CPU task fits in one of this process's worker processes (`foldstack.runtime.pools.ProcessPool`, one per
+  CPU slot, started on first use, forked from a fork server that has the model code loaded), because the tf-idf kinds tokenise in Python and would
   serialise on the GIL in threads. Prefect's own
   `ProcessPoolTaskRunner` was measured as the alternative: with the embedded server each of its worker
   processes starts a server of its own (~8 s and a database writer each), so only the fit crosses a process
@@ -19,14 +19,11 @@ already finished on disk returns at once in a `Skipped` state; no Prefect result
 
 from __future__ import annotations
 
-import multiprocessing
 import multiprocessing.context
 import os
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,10 +32,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.states import Completed, State
 
-from foldstack.pipeline import stages
 from foldstack.config import Config
 from foldstack.errors import StageError
+from foldstack.pipeline import stages
 from foldstack.runtime.gpu_slots import CPU, DeviceLeases
+from foldstack.runtime.pools import ProcessPool, process_context
 
 SlotKind = Literal["cpu", "gpu", "ray-cpu", "ray-gpu"]
 SKIPPED = "Skipped"  # the state name of a fold task whose identity was already finished
@@ -72,83 +70,35 @@ class Placement:
 
 # ---------------------------------------------------------------------------------------- fit processes
 def fit_process_context() -> multiprocessing.context.BaseContext:
-    """Fork server where there is one (fit processes start in milliseconds, see tasks/fit_worker.py); spawn
-    elsewhere. Never plain fork: the flow process runs threads (Prefect's), and forking those is unsafe."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
+    """The start method of the CPU fit processes: a fork server (see `foldstack.runtime.pools.process_context`)
+    that imported tasks/fit_worker.py once, so a new fit process starts in milliseconds."""
     # A child re-runs the parent's __main__ module (as __mp_main__) when that is a module (`python -m
     # flows.train`). With this module (Prefect, the stages) and the main module's package loaded in the server,
     # that re-run only executes the module's own lines. (Not the main module itself: runpy warns when the
     # module it is asked to run is in sys.modules already.)
     main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     main_package = [main_spec.parent] if main_spec is not None and main_spec.parent else []
-    context.set_forkserver_preload(["tasks.fit_worker", __name__, *main_package])  # no effect once it runs
-    return context
+    return process_context(["tasks.fit_worker", __name__, *main_package])
 
 
-class FitProcesses:
-    """A process pool for CPU fits, started on first use (a no-change rerun starts no process)."""
-
-    def __init__(self, max_workers: int):
-        self.max_workers = max_workers
-        self._pool: ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def _executor(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                from tasks.fit_worker import init_fit_process
-
-                threads = max(1, (os.cpu_count() or 1) // self.max_workers)
-                self._pool = ProcessPoolExecutor(max_workers=self.max_workers, mp_context=fit_process_context(),
-                                                 initializer=init_fit_process, initargs=(threads,))
-            return self._pool
-
-    def warm_up(self) -> None:
-        """Start the fork server now, so that its imports overlap other work (validation) instead of
-        delaying the first fit. Nothing to do where fit processes are spawned."""
-        if fit_process_context().get_start_method() == "forkserver":
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()  # returns at once; the server imports in the background
-
-    def run(self, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-        pool = self._executor()
-        try:
-            return pool.submit(fn, *args).result()
-        except BrokenProcessPool as exc:
-            # A worker died (killed, out of memory): that pool is unusable; the next task gets a fresh one.
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = None
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise StageError(f"the worker process fitting this fold died ({exc}); "
-                             f"out of memory? lower runtime.max_workers") from exc
-
-    def shutdown(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-_FIT_PROCESSES: FitProcesses | None = None
+_FIT_PROCESSES: ProcessPool | None = None
 _FIT_PROCESSES_LOCK = threading.Lock()
 
 
-def _fit_processes(max_workers: int) -> FitProcesses:
+def _fit_processes(max_workers: int) -> ProcessPool:
+    """This process's CPU fit processes, `max_workers` of them, each with its share of the cores."""
     global _FIT_PROCESSES
     with _FIT_PROCESSES_LOCK:
         if _FIT_PROCESSES is None or _FIT_PROCESSES.max_workers != max_workers:
             if _FIT_PROCESSES is not None:
                 _FIT_PROCESSES.shutdown()
-            _FIT_PROCESSES = FitProcesses(max_workers)
+            _FIT_PROCESSES = ProcessPool(max_workers, threads=max(1, (os.cpu_count() or 1) // max_workers),
+                                         context=fit_process_context)
         return _FIT_PROCESSES
 
 
 def warm_up_fit_processes(max_workers: int) -> None:
-    """Get the CPU fit processes ready ahead of the fan-out (see `FitProcesses.warm_up`)."""
+    """Get the CPU fit processes ready ahead of the fan-out (see `ProcessPool.warm_up`)."""
     _fit_processes(max_workers).warm_up()
 
 

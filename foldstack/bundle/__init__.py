@@ -5,26 +5,26 @@
     base/<name>/<member>/    each base model's fold models (or its full refit), saved without pickle
     meta/                    the meta-learner (JSON)
 
-`load_bundle` verifies every hash (and that no file was added) before any model file is opened.
+`write_manifest` is the one writer of the format (the pipeline's bundle stage, foldstack.pipeline.bundle_stage,
+and `FoldStackClassifier.save_bundle` call it); `load_bundle` verifies every hash (and that no file was added)
+before any model file is opened.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from foldstack.common.files import COMPLETE_MARKER, read_json, sha256_file, sha256_json, write_json
 from foldstack.common.version import __version__ as foldstack_version
 from foldstack.core.data import LabelMap, normalise_text
+from foldstack.core.ensemble import StackedPredictor
+from foldstack.core.meta import load_meta
 from foldstack.errors import BundleError
-from foldstack.common.files import COMPLETE_MARKER, atomic_directory, read_json, sha256_file, sha256_json, write_json
-
-if TYPE_CHECKING:
-    from foldstack.config import Config
-    from foldstack.pipeline.stages import Layout
+from foldstack.models import model_class
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -80,41 +80,6 @@ def write_manifest(directory: Path, *, labels: list[Any], params: dict[str, Any]
     manifest["bundle_id"] = manifest_digest(manifest)
     write_json(directory / MANIFEST, manifest)
     return manifest
-
-
-def write_bundle(cfg: Config, layout: Layout) -> Path:
-    """Assemble the bundle from the stage outputs (base fold models, meta-learner, metrics)."""
-    from foldstack.pipeline.stages import FULL_FIT, load_folds, load_snapshot, plan_fold_tasks
-
-    snapshot = load_snapshot(cfg)
-    folds = load_folds(cfg)
-    metrics_path = layout.eval / "metrics.json"
-    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
-    tasks = plan_fold_tasks(cfg)
-    use_full = cfg.runtime.refit_full
-    with atomic_directory(layout.bundle) as tmp:
-        base_entries = []
-        for spec in cfg.base_models:
-            members = []
-            for task in tasks:
-                if task.model != spec.name or (task.fold == FULL_FIT) != use_full:
-                    continue
-                source = layout.fold_dir(spec.name, task.repeat, task.fold)
-                member = source.name
-                shutil.copytree(source / "model", tmp / "base" / spec.name / member)
-                members.append(member)
-            base_entries.append({"name": spec.name, "kind": spec.kind, "params": spec.params,
-                                 "members": members, "combine": "full refit" if use_full else "mean of fold models"})
-        shutil.copytree(layout.stack / "meta", tmp / "meta")
-        write_manifest(
-            tmp, labels=snapshot.label_map.to_json(), params=cfg.model_dump(mode="json"),
-            data_hash=snapshot.data_hash, fold_hash=folds.hash, base_models=base_entries,
-            # The fitted kind: with meta.kind auto, the one the CV chose.
-            meta={"kind": read_json(layout.stack / "meta_cv.json")["kind"], "requested": cfg.meta.kind,
-                  "path": "meta"},
-            metrics=metrics,
-        )
-    return layout.bundle
 
 
 def verify_bundle(path: Path) -> dict[str, Any]:
@@ -186,10 +151,6 @@ class Bundle:
 
 
 def load_bundle(path: str | Path, *, device: str = "cpu", cache_dir: Path | None = None) -> Bundle:
-    from foldstack.core.ensemble import StackedPredictor
-    from foldstack.core.meta import load_meta
-    from foldstack.models import model_class
-
     path = Path(path)
     manifest = verify_bundle(path)
     members = {}
