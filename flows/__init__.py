@@ -1,35 +1,14 @@
-"""Prefect flows of foldstack: `train` (the pipeline), `train_fold` (one fold on a work-pool worker),
-`watch_data` (emits `foldstack.data.changed`), `deploy` (the deployments) and `batch_predict`.
+"""Prefect flows of foldstack: `train_ensemble` (the pipeline; `python -m flows.train` runs it), `train_fold`
+(one fold on a work-pool worker), `watch_data` (emits `foldstack.data.changed`), `deploy` (the deployments)
+and `batch_predict`.
 
-Importing this package settles where Prefect keeps its state before Prefect itself is imported (Prefect reads
-its settings once, at import): with no Prefect configuration of the user's own, the embedded (ephemeral)
+Importing this package settles where Prefect keeps its state before Prefect itself is imported
+(`foldstack.runtime.prefect_env`): with no Prefect configuration of the user's own, the embedded (ephemeral)
 server's database lives in `./.prefect` of the directory you run from (git-ignored) and analytics are off.
 """
 
-from __future__ import annotations
+from foldstack.runtime.prefect_env import PROJECT_PREFECT_HOME, prefect_environment_defaults
 
-import os
-from pathlib import Path
-
-PROJECT_PREFECT_HOME = ".prefect"
-
-
-def prefect_environment_defaults(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Set (only where unset) PREFECT_HOME inside the project and analytics off; returns what it set.
-
-    A user who configured Prefect already (PREFECT_HOME, PREFECT_API_URL, a PREFECT_PROFILES_PATH, or a
-    profiles file in ~/.prefect) keeps that configuration: moving PREFECT_HOME would hide their profiles.
-    """
-    env = os.environ if environ is None else environ
-    changed: dict[str, str] = {}
-    if "PREFECT_SERVER_ANALYTICS_ENABLED" not in env:
-        changed["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    user_configured = any(k in env for k in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_PROFILES_PATH")) or (
-        Path.home() / ".prefect" / "profiles.toml").is_file()
-    if not user_configured:
-        changed["PREFECT_HOME"] = str(Path.cwd() / PROJECT_PREFECT_HOME)
-    env.update(changed)
-    return changed
-
+__all__ = ["PROJECT_PREFECT_HOME", "prefect_environment_defaults"]
 
 prefect_environment_defaults()

@@ -17,14 +17,15 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
+from foldstack.bundle import load_bundle
 from foldstack.config import DEFAULT_PARAMS_FILE, load_config
+from foldstack.ops.predict import predict_file
+from foldstack.ops.registry import resolve_model_version
 
 
 # No caching: the same inputs must resolve again, because `production` moves between runs.
 @task(name="resolve-model", cache_policy=NONE)
 def resolve_model_task(model: str, params: str, overrides: list[str] | None = None) -> dict[str, str]:
-    from foldstack.ops.registry import resolve_model_version
-
     cfg = load_config(params, overrides or [])
     bundle, version = resolve_model_version(model, cfg)
     return {"bundle": str(bundle), "version": version}
@@ -33,9 +34,6 @@ def resolve_model_task(model: str, params: str, overrides: list[str] | None = No
 @task(name="predict-file", cache_policy=NONE)
 def predict_file_task(bundle: str, input_path: str, output_path: str, text_column: str, batch_size: int,
                       device: str) -> dict[str, Any]:
-    from foldstack.bundle import load_bundle
-    from foldstack.ops.predict import predict_file
-
     loaded = load_bundle(bundle, device=device)  # raises BundleError unless every file matches its sha256
     rows = predict_file(loaded, Path(input_path), Path(output_path), text_column=text_column,
                         batch_size=batch_size, device=device)

@@ -1,4 +1,4 @@
-"""Prefect's embedded server, started at the first line of `python -m flows.train` instead of at its first API call.
+"""Prefect's embedded server, started first thing in `python -m flows.train` instead of at its first API call.
 
 With no server configured, Prefect starts a temporary server (uvicorn running `prefect.server.api.server:
 create_app`, UI off) when the flow first calls its API: after the flow's imports and after the parent has
@@ -22,7 +22,6 @@ import importlib.util
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import urllib.request
 from pathlib import Path
 
 from foldstack.errors import FoldstackError
+from foldstack.runtime.process_exit import die_with_parent
 
 READY_TIMEOUT_S = 90.0  # a first start migrates a fresh database: seconds on a busy 2-core machine
 PORT_IN_USE_EXIT_CODE = 3  # uvicorn's exit code when it cannot bind its port
@@ -64,12 +64,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the parent dies, even by SIGKILL."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+_die_with_parent = die_with_parent  # the name foldstack/cli/prefect.py imports (until it imports die_with_parent)
 
 
 class EmbeddedServer:
@@ -112,7 +107,7 @@ class EmbeddedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:  # a file, not a pipe: a pipe nobody reads would block the server
             self.process = subprocess.Popen(self._command(), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                            preexec_fn=die_with_parent if sys.platform == "linux" else None)
         atexit.register(self.stop)
         # This process (and what it spawns) talks to it; no UI link is printed, the server serves no UI.
         self.environ["PREFECT_API_URL"] = self.api_url

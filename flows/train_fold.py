@@ -1,4 +1,4 @@
-"""The `train-fold` flow: one (model, repeat, fold) on a work-pool worker (`runtime.executor: workpool`).
+"""The `train-fold` flow: one (model, repeat, fold) on a work-pool worker (`runtime.executor: {kind: workpool}`).
 
 The parent `train-ensemble` flow runs the `train-fold` deployment once per pending fold task. This flow
 leases a device on the worker's own machine (a GPU for the kinds that use one, if the worker has one free),
@@ -13,7 +13,6 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any
 
-import flows  # noqa: F401  (PREFECT_HOME before Prefect)
 from prefect import flow, get_run_logger
 
 from foldstack.config import config_from_dict

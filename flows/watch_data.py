@@ -11,18 +11,17 @@ every tick). The `retrain` deployment has a trigger on that event.
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import flows  # noqa: F401  (PREFECT_HOME before Prefect)
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
 from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
 from foldstack.errors import DataError
 from foldstack.common.files import read_json, sha256_file, sha256_json, write_json
+from foldstack.ops.versioning import data_change
 
 DATA_CHANGED_EVENT = "foldstack.data.changed"
 LAST_SUCCESS_FILE = "flow/last_success.json"
@@ -70,9 +69,7 @@ def record_successful_run(cfg: Config, data_summary: dict[str, Any]) -> None:
 def data_versions(cfg: Config) -> tuple[str, str | None, str]:
     """(current content hash, the hash the last successful run trained on or None, where that came from)."""
     root = cfg.resolve_path(".")
-    if (root / "dvc.lock").is_file() and importlib.util.find_spec("foldstack.ops.versioning") is not None:
-        from foldstack.ops.versioning import data_change
-
+    if (root / "dvc.lock").is_file():
         change = data_change(cfg, root)
         if change.current_md5 is None:
             raise DataError(f"{change.path}: data file not found (data.path)")

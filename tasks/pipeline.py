@@ -24,14 +24,15 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import Completed, State
 from prefect.tasks import Task, exponential_backoff
 
-from foldstack.pipeline import stages
+from foldstack.common.files import read_json
 from foldstack.config import Config
 from foldstack.errors import FoldstackError
-from foldstack.common.files import read_json
+from foldstack.ops.versioning import default_remote, pipeline_stages, record_run
+from foldstack.ops.versioning import plan_reruns as dvc_plan_reruns
+from foldstack.pipeline import stages
 from tasks.fold import SKIPPED  # a stage task that reused its last result ends in the same state as a fold task
 
 REGISTRY_MODULE = "foldstack.ops.registry"
-VERSIONING_MODULE = "foldstack.ops.versioning"
 DVC_UP_TO_DATE = "dvc: up to date"
 
 
@@ -49,8 +50,6 @@ def _dvc_project(cfg: Config, params_file: str, overrides: list[str] | None) -> 
     """The DVC project of this run (the directory of params.yaml and dvc.yaml), and why DVC has no say in
     this run, or None when it has."""
     root = cfg.resolve_path(".")
-    if _module_missing(VERSIONING_MODULE):
-        return root, f"{VERSIONING_MODULE} is not available"
     if not (root / "dvc.yaml").is_file():
         return root, f"no DVC pipeline in {root} (no dvc.yaml)"
     # dvc.lock records the params of root/params.yaml: outputs made with other values must not be pinned to
@@ -75,8 +74,6 @@ def plan_reruns(cfg: Config, params_file: str, overrides: list[str] | None = Non
         no_view = f"no {root / 'dvc.lock'} yet (no run recorded by DVC)"
     plan = None
     if no_view is None:
-        from foldstack.ops.versioning import plan_reruns as dvc_plan_reruns
-
         try:
             plan = dvc_plan_reruns(root)
         # The plan only saves work: whatever stops DVC from answering, running every stage is still right.
@@ -187,7 +184,7 @@ def register(cfg: Config, bundle: dict[str, Any], dvc_fresh: Collection[str] = (
     reused = reuse_if_fresh(cfg, "register", dvc_fresh)
     if reused is not None:
         return reused
-    from foldstack.ops.registry import register_bundle
+    from foldstack.ops.registry import register_bundle  # deferred: gto
 
     return {"status": "done", **register_bundle(cfg, bundle["bundle"])}
 
@@ -206,8 +203,6 @@ def version(cfg: Config, params_file: str, overrides: list[str] | None = None,
     if no_view is not None:
         logger.warning("version: skipped, %s", no_view)
         return {"status": f"skipped: {no_view}"}
-    from foldstack.ops.versioning import default_remote, pipeline_stages, record_run
-
     remote = default_remote(root)
     # The flow ran these stages itself; DVC records the results (one serialized step).
     record = record_run(root, pipeline_stages(root) if ran is None else ran, push_to_remote=remote is not None)

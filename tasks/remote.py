@@ -1,43 +1,95 @@
-"""Fold trainings on other machines: a Prefect work pool (`runtime.executor: workpool`) or a Ray cluster.
+"""Fold trainings on a Prefect work pool (`runtime.executor: {kind: workpool}`): the parent's side, the
+worker's side, and the `train-fold` deployment that joins them.
 
-Work pool: the parent flow publishes the snapshot and folds to `runtime.shared_storage`, then runs the
+The parent flow publishes the snapshot and folds to `runtime.executor.shared_storage`, then runs the
 `train-fold` deployment once per pending (model, fold) with `run_deployment`; a worker (`prefect worker start
---pool <runtime.work_pool>`) runs `flows/train_fold.py`, which calls `train_fold_from_storage` below: download
-the inputs into a scratch directory, train on the device this worker leases, upload the fold directory. The
-parent then downloads that directory into its own artifacts. Nothing passes through a worker's local disk.
+--pool <runtime.executor.work_pool>`) runs `flows/train_fold.py`, which calls `train_fold_from_storage` below:
+download the inputs into a scratch directory, train on the device this worker leases, upload the fold
+directory. The parent then downloads that directory into its own artifacts. Nothing passes through a
+worker's local disk. The parent registers the deployment from this checkout when it is missing
+(`ensure_train_fold_deployment`); `python -m flows.deploy train-fold --source <git URL>` registers it for
+workers elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import Flow, get_client, get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import State
 
-from foldstack.pipeline import stages
+from foldstack.common.files import read_json
 from foldstack.config import Config, apply_overrides, config_from_dict
 from foldstack.errors import ConfigError, StageError
-from foldstack.common.files import read_json
+from foldstack.pipeline import stages
 from tasks.fold import fold_label, skipped_state
 from tasks.pipeline import transient_failure
 from tasks.storage import download_directory, fold_key, is_published, publish_inputs, upload_directory
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_FOLD_ENTRYPOINT = "flows/train_fold.py:train_fold_on_worker"
 TRAIN_FOLD_DEPLOYMENT = "train-fold/train-fold"  # <flow name>/<deployment name>
 REMOTE_POLL_SECONDS = 2.0
 
 
 def require_shared_storage(cfg: Config) -> str:
-    url = cfg.runtime.shared_storage
+    url = getattr(cfg.runtime.executor, "shared_storage", None)
     if not url:
-        raise ConfigError(f"runtime.executor={cfg.runtime.executor} needs runtime.shared_storage: an fsspec URL "
-                          f"every worker can reach (s3://bucket/foldstack, file:///mnt/shared/foldstack); workers "
-                          f"never read the parent's disk")
+        raise ConfigError(f"runtime.executor={cfg.runtime.executor.kind} needs runtime.executor.shared_storage: an "
+                          f"fsspec URL every worker can reach (s3://bucket/foldstack, file:///mnt/shared/foldstack); "
+                          f"workers never read the parent's disk")
     return url
+
+
+# ---------------------------------------------------------------------------------- the train-fold deployment
+def _ensure_process_pool(work_pool: str) -> None:
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(work_pool)
+        except ObjectNotFound:
+            from prefect.workers.process import ProcessWorker
+
+            with contextlib.suppress(ObjectAlreadyExists):  # created meanwhile by a worker starting up
+                client.create_work_pool(WorkPoolCreate(
+                    name=work_pool, type="process",
+                    base_job_template=ProcessWorker.get_default_base_job_template()))
+
+
+def deploy_train_fold(work_pool: str, source: str | Path = PROJECT_ROOT) -> str:
+    """Register the `train-fold` deployment on `work_pool`; the workers fetch the code from `source`.
+
+    `source` is this checkout by default (workers on this machine or sharing its filesystem); give a git
+    URL for workers elsewhere. The flow is named by its entrypoint (flows/train_fold.py), not imported:
+    tasks sit below the flows. Returns the deployment id.
+    """
+    _ensure_process_pool(work_pool)
+    remote_flow = Flow.from_source(source=str(source), entrypoint=TRAIN_FOLD_ENTRYPOINT)
+    deployment_id = remote_flow.deploy(name="train-fold", work_pool_name=work_pool, print_next_steps=False,
+                                       ignore_warnings=True, tags=["foldstack"],
+                                       description="Train one (model, fold) of the stacked ensemble.")
+    return str(deployment_id)
+
+
+def ensure_train_fold_deployment(work_pool: str) -> None:
+    """Register `train-fold` from this checkout unless it exists already (e.g. deployed from git)."""
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(TRAIN_FOLD_DEPLOYMENT)
+        except ObjectNotFound:
+            deployment = None
+    if deployment is None or deployment.work_pool_name != work_pool:
+        deploy_train_fold(work_pool)
+
+
+# ------------------------------------------------------------------------------------------ parent side
 
 
 @task(name="publish-inputs", cache_policy=NONE, retries=3, retry_delay_seconds=[2, 10, 30],

@@ -18,8 +18,8 @@ import pytest  # noqa: E402
 from prefect.artifacts import Artifact  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-import tasks.fanout  # noqa: E402
-from flows.train import train_ensemble  # noqa: E402
+import tasks.executors  # noqa: E402
+from flows.train_ensemble import train_ensemble  # noqa: E402
 from foldstack.config import load_config  # noqa: E402
 from foldstack.errors import StageError  # noqa: E402
 from foldstack.common.files import load_array, read_json  # noqa: E402
@@ -144,8 +144,8 @@ class FakeGpuModel:
 
 
 def test_gpu_kinds_run_one_per_gpu_pinned_beside_cpu_kinds(prefect_api, tmp_path, demo_csv, monkeypatch):
-    monkeypatch.setattr(tasks.fanout, "visible_gpus", lambda: [0, 1])  # the fake device list
-    monkeypatch.setattr(tasks.fanout, "default_lock_dir", lambda: tmp_path / "leases")
+    monkeypatch.setattr(tasks.executors, "visible_gpus", lambda: [0, 1])  # the fake device list
+    monkeypatch.setattr(tasks.executors, "default_lock_dir", lambda: tmp_path / "leases")
     params = write_params(tmp_path, demo_csv, registry=NO_REGISTRY, evaluate={"plots": False, "baselines": []},
                           base_models=[{"name": "tfidf_lr", "kind": "tfidf_lr"},
                                        {"name": "gpu_a", "kind": "test_fake_gpu"},
@@ -162,8 +162,8 @@ def test_gpu_kinds_run_one_per_gpu_pinned_beside_cpu_kinds(prefect_api, tmp_path
 
 
 def test_failed_folds_fail_the_run_after_the_others_finished(prefect_api, tmp_path, demo_csv, monkeypatch):
-    monkeypatch.setattr(tasks.fanout, "visible_gpus", lambda: [0])
-    monkeypatch.setattr(tasks.fanout, "default_lock_dir", lambda: tmp_path / "leases")
+    monkeypatch.setattr(tasks.executors, "visible_gpus", lambda: [0])
+    monkeypatch.setattr(tasks.executors, "default_lock_dir", lambda: tmp_path / "leases")
     params = write_params(tmp_path, demo_csv, registry=NO_REGISTRY,
                           base_models=[{"name": "tfidf_lr", "kind": "tfidf_lr"},
                                        {"name": "broken", "kind": "test_fake_gpu", "params": {"fail": True}}],

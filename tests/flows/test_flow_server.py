@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId 
 from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 
 from flows.deploy import retrain_deployment  # noqa: E402
-from flows.train import train_ensemble  # noqa: E402
+from flows.train_ensemble import train_ensemble  # noqa: E402
 from flows.watch_data import watch_data  # noqa: E402
 from foldstack.config import load_config  # noqa: E402
 from foldstack.common.files import load_array  # noqa: E402
@@ -111,7 +111,8 @@ def test_workpool_executor_gives_the_same_oof_as_a_local_run(prefect_server, tmp
 
     shared = tmp_path / "shared"  # what S3 would be: the only place the parent and the workers share
     params = write_params(tmp_path, demo_csv, base_models=models, folds={"k": 2}, registry={"git_registry": False},
-                          runtime={"executor": "workpool", "work_pool": POOL, "shared_storage": shared.as_uri()})
+                          runtime={"executor": {"kind": "workpool", "work_pool": POOL,
+                                                "shared_storage": shared.as_uri()}})
     worker_log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type",
                                "process", "--limit", "2"], cwd=REPO_ROOT, env=_prefect_env(tmp_path, prefect_server),

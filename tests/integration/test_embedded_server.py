@@ -1,4 +1,4 @@
-"""The embedded Prefect server that `python -m flows.train` starts before its imports (flows/embedded_server.py).
+"""The embedded Prefect server that `python -m flows.train` starts before importing the flow (flows/embedded_server.py).
 
 The flow tests that run `python -m flows.train` (test_flow_dvc, test_flow_resume) use it end to end; here:
 when it is started at all, a real start that loses its port and moves to another, and a server that stops
