@@ -21,8 +21,8 @@ from foldstack.bundle import manifest_digest
 from foldstack.config import Config, load_config
 from foldstack.errors import BundleError
 from foldstack.ops.predict import predict_file
-from foldstack.ops.registry import (GitModelRegistry, RegistryError, gate_decision, register_bundle, resolve_model,
-                                rollback_production, score_bundle_on_holdout)
+from foldstack.ops.registry import (GitModelRegistry, RegistryError, gate, gate_decision, register_bundle,
+                                    resolve_model, rollback_production, score_bundle_on_holdout)
 from foldstack.pipeline.stages import Layout, run_pipeline
 from tests.conftest import write_params
 from tests.paths import REPO_ROOT
@@ -282,10 +282,7 @@ def test_registry_commands_print_tables(project, trained):
 
 def test_gate_reads_the_recorded_score_of_a_bundle_of_this_snapshot(project, trained, monkeypatch):
     """A bundle trained on this snapshot was scored on this holdout by its evaluate stage: no model runs again."""
-    import foldstack.bundle
-    from foldstack.ops.registry import score_bundle_on_holdout
-
-    monkeypatch.setattr(foldstack.bundle, "load_bundle", lambda *a, **k: pytest.fail("models were loaded"))
+    monkeypatch.setattr(gate, "load_bundle", lambda *a, **k: pytest.fail("models were loaded"))
     score, rows, manifest = score_bundle_on_holdout(trained.better, project, "log_loss")
     assert score == manifest["metrics"]["ensemble.log_loss"] == pytest.approx(trained.better_score)
 
