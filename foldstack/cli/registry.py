@@ -68,7 +68,7 @@ def _bytes_state(version: Any, problem: tuple[str, str] | None) -> tuple[str, st
 def list_versions(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Every registered version, newest first, with its stage and holdout metrics; a version whose stored bytes
     are missing or modified is marked (`registry check` verifies every file)."""
-    from foldstack.ops.registry import PRODUCTION, GitModelRegistry
+    from foldstack.ops.registry import PRODUCTION, GitModelRegistry  # deferred: gto
 
     cfg = _config(params, set_)
     registry = GitModelRegistry.from_config(cfg)
@@ -121,7 +121,7 @@ def _dvc_bytes(record: dict[str, Any]) -> str:
 def show_version(ref: RefArg = "production", params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
                  set_: SetOpt = None) -> None:
     """One version's record (bundle digests, metrics, data hash) and the production stage's history."""
-    from foldstack.ops.registry import PRODUCTION, GitModelRegistry
+    from foldstack.ops.registry import PRODUCTION, GitModelRegistry  # deferred: gto
 
     cfg = _config(params, set_)
     registry = GitModelRegistry.from_config(cfg)
@@ -164,7 +164,7 @@ def promote(version: Annotated[str, typer.Argument(help="the version to put in p
             reason: Annotated[str, typer.Option(help="why (kept in the git tag)")] = "promoted by hand",
             params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Put VERSION in production (a person's decision: the gate is not consulted)."""
-    from foldstack.ops.registry import promote_version
+    from foldstack.ops.registry import promote_version  # deferred: gto
 
     result = promote_version(_config(params, set_), version, reason=reason)
     out.print(f"production: [bold]{result['version']}[/bold] (was {result['previous_production'] or 'none'}); "
@@ -175,7 +175,7 @@ def promote(version: Annotated[str, typer.Argument(help="the version to put in p
 def rollback(reason: Annotated[str, typer.Option(help="why (kept in the git tag)")] = "",
              params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Put back the version production held before the current one."""
-    from foldstack.ops.registry import rollback_production
+    from foldstack.ops.registry import rollback_production  # deferred: gto
 
     result = rollback_production(_config(params, set_), reason=reason)
     out.print(f"production rolled back: {result['from']} -> [bold]{result['to']}[/bold]; "
@@ -185,7 +185,7 @@ def rollback(reason: Annotated[str, typer.Option(help="why (kept in the git tag)
 @registry_app.command("sync")
 def sync(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Upload offline W&B runs and perform the pending W&B registry links (needs a connection and a key)."""
-    from foldstack.ops.registry import sync_pending
+    from foldstack.ops.registry import sync_pending  # deferred: gto
 
     processed = sync_pending(_config(params, set_))
     if not processed:
@@ -208,7 +208,7 @@ def check(repair: Annotated[bool, typer.Option("--repair", help="remove orphan a
           params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Verify the registry: version tags whose bytes are missing or modified, store directories no tag names,
     leftovers of interrupted writes. Exit code 1 while a problem is left."""
-    from foldstack.ops.registry import GitModelRegistry
+    from foldstack.ops.registry import GitModelRegistry  # deferred: gto
 
     registry = GitModelRegistry.from_config(_config(params, set_))
     problems = registry.check(repair=repair)
@@ -245,8 +245,8 @@ def pull(ref: Annotated[str, typer.Argument(help="a version (v0.2.0), 'productio
          params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Put a version's bundle into the local store from the DVC remote (or, with no remote configured, from the
     W&B model registry when online), verified against its registered manifest. Nothing to do when it is here."""
-    from foldstack.bundle import verify_bundle
-    from foldstack.ops.registry import GitModelRegistry
+    from foldstack.bundle import verify_bundle  # deferred: pandas
+    from foldstack.ops.registry import GitModelRegistry  # deferred: gto
 
     registry = GitModelRegistry.from_config(_config(params, set_))
     for version in registry.versions() if all_versions else [registry.resolve(ref)]:
@@ -264,7 +264,7 @@ def upload(ref: Annotated[str | None, typer.Argument(help="a version, 'productio
            params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Send stored versions' bytes to the DVC remote: those registered while no remote was configured (a push
     does this itself once a remote is). Exit code 1 if one could not be sent."""
-    from foldstack.ops.registry import GitModelRegistry
+    from foldstack.ops.registry import GitModelRegistry  # deferred: gto
 
     registry = GitModelRegistry.from_config(_config(params, set_))
     results = registry.upload(registry.versions() if ref is None else [registry.resolve(ref)], remote=remote)
@@ -283,7 +283,7 @@ def push(bundle: Annotated[Path | None, typer.Option(help="the bundle (default: 
          log_pipeline: Annotated[bool, typer.Option(help="also log the run's metrics, tables and plots")] = True,
          params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Register the bundle as a new version, gate it against production (same holdout), promote on a pass."""
-    from foldstack.ops.registry import register_bundle
+    from foldstack.ops.registry import register_bundle  # deferred: gto
 
     result = register_bundle(_config(params, set_), bundle, log_pipeline=log_pipeline)
     if result["version"] and result["created"]:
@@ -317,7 +317,7 @@ def serve_model(
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /health, GET /metrics (Prometheus)."""
-    from foldstack.ops.serving import ModelSource, ServingLimits, serve
+    from foldstack.ops.serving import ModelSource, ServingLimits, serve  # deferred: fastapi
 
     is_bundle = (Path(model) / "manifest.json").is_file()
     cfg = None if is_bundle and not params.is_file() else _config(params, set_)
