@@ -80,6 +80,12 @@ def model_class(kind: str) -> type[BaseModel]:
     return _REGISTRY[kind]
 
 
+def soft_target_kinds() -> list[str]:
+    """The kinds able to fit soft targets (`SoftTargetModel`): what can be a distilled student."""
+    _load_all()
+    return sorted(kind for kind, cls in _REGISTRY.items() if getattr(cls, "soft_targets", False))
+
+
 def make_model(kind: str, params: dict[str, Any], context: ModelContext) -> BaseModel:
     cls = model_class(kind)
     return cls(cls.Params.model_validate(params), context)

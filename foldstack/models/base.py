@@ -37,6 +37,17 @@ class BaseModel(Protocol):
     def load(cls, directory: Path, *, device: str = "cpu", cache_dir: Path | None = None) -> Self: ...
 
 
+@runtime_checkable
+class SoftTargetModel(BaseModel, Protocol):
+    """A kind that can also learn from soft targets (a distilled student): `soft_targets = True` and
+    `fit_soft(texts, targets)` with targets rows x n_classes, each row a probability distribution. Fitting
+    one-hot targets is the same objective as `fit` on their codes (cross-entropy)."""
+
+    soft_targets: ClassVar[bool]
+
+    def fit_soft(self, texts: Sequence[str], targets: np.ndarray) -> Self: ...
+
+
 class ModelContext(_PydanticModel):
     """What the orchestrator gives a model: never chosen by the model itself."""
 
@@ -82,6 +93,30 @@ def check_labels(y: np.ndarray, n_rows: int, n_classes: int, who: str) -> np.nda
     if n_rows and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(f"{who}: y holds codes outside 0..{n_classes - 1} (min {y.min()}, max {y.max()})")
     return y.astype(np.int64)
+
+
+def check_soft_targets(targets: np.ndarray, n_rows: int, n_classes: int, who: str) -> np.ndarray:
+    """`targets` as float64 rows x n_classes of probability distributions, or a ValueError saying what is wrong."""
+    targets = np.asarray(targets, dtype=np.float64)
+    if targets.shape != (n_rows, n_classes):
+        raise ValueError(f"{who}: soft targets have shape {targets.shape}; expected ({n_rows}, {n_classes})")
+    if not np.all(np.isfinite(targets)) or (targets.size and targets.min() < 0):
+        raise ValueError(f"{who}: soft targets must be finite and non-negative")
+    sums = targets.sum(axis=1)
+    if n_rows and not np.allclose(sums, 1.0, atol=1e-6):
+        raise ValueError(f"{who}: soft target rows must sum to 1 (min {sums.min()}, max {sums.max()})")
+    return targets
+
+
+def expand_soft_targets(targets: np.ndarray, min_weight: float = 1e-6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Soft targets as weighted hard labels: (row, class, weight) for every entry above `min_weight`.
+
+    A classifier minimising sample-weighted log loss over these rows minimises the soft cross-entropy
+    exactly (each row's weights sum to 1, so the regularisation keeps its scale): how the scikit-learn
+    students learn soft targets without a loss of their own.
+    """
+    rows, classes = np.nonzero(targets > min_weight)
+    return rows, classes, targets[rows, classes]
 
 
 def params_dict(params: ModelParams) -> dict[str, Any]:

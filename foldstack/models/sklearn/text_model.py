@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from foldstack.errors import BundleError, DataError
-from foldstack.models.base import ModelContext, ModelParams, check_labels
+from foldstack.models.base import ModelContext, ModelParams, check_labels, check_soft_targets
 from foldstack.models.persist import MODEL_JSON, restore_model, write_model_json
 
 __all__ = ["FORMAT_VERSION", "LinearTextParams", "SklearnTextModel", "check_texts"]
@@ -42,6 +42,8 @@ class SklearnTextModel:
 
     kind: ClassVar[str]
     Params: ClassVar[type[ModelParams]]
+    # A kind that implements `_fit_present_soft` sets this (foldstack.models.base.SoftTargetModel).
+    soft_targets: ClassVar[bool] = False
 
     def __init__(self, params: ModelParams, context: ModelContext) -> None:
         if not isinstance(params, self.Params):
@@ -62,13 +64,29 @@ class SklearnTextModel:
                 f"{self.kind}: the training rows hold only class code {present.tolist()}; at least two "
                 f"classes are needed to fit a classifier"
             )
+        self._fit_classes(present, lambda: self._fit_present(texts, y))
+        return self
+
+    def fit_soft(self, texts: Sequence[str], targets: np.ndarray) -> Self:
+        """Fit soft targets (rows x n_classes distributions): a distilled student (kinds with `soft_targets`)."""
+        if not self.soft_targets:
+            raise TypeError(f"{self.kind}: this kind cannot fit soft targets")
+        texts = check_texts(texts, self.kind)
+        targets = check_soft_targets(targets, len(texts), self.context.n_classes, self.kind)
+        present = np.flatnonzero(targets.sum(axis=0) > 0)
+        if present.size < 2:
+            raise ValueError(f"{self.kind}: the soft targets put weight on class codes {present.tolist()} only; "
+                             f"at least two classes are needed to fit a classifier")
+        self._fit_classes(present, lambda: self._fit_present_soft(texts, targets[:, present]))
+        return self
+
+    def _fit_classes(self, present: np.ndarray, fit: Any) -> None:
         self.classes_ = present
         try:
-            self._fit_present(texts, y)
+            fit()
         except BaseException:
             del self.classes_  # a failed fit must not leave a model that looks fitted
             raise
-        return self
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if not hasattr(self, "classes_"):
@@ -123,6 +141,10 @@ class SklearnTextModel:
     # -------------------------------------------------------------------------- subclass hooks
     def _fit_present(self, texts: list[str], y: np.ndarray) -> None:
         """Fit on rows whose codes are in `self.classes_` (at least two)."""
+        raise NotImplementedError
+
+    def _fit_present_soft(self, texts: list[str], targets: np.ndarray) -> None:
+        """Fit soft targets with one column per entry of `self.classes_` (kinds with `soft_targets`)."""
         raise NotImplementedError
 
     def _predict_present(self, texts: list[str]) -> np.ndarray:

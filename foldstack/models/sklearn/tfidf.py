@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from foldstack.models import register_model
+from foldstack.models.base import expand_soft_targets
 from foldstack.models.sklearn.saving import load_classifier, load_vectorizer, save_classifier, save_vectorizer
 from foldstack.models.sklearn.text_model import LinearTextParams, SklearnTextModel
 
@@ -36,6 +37,7 @@ class TfidfLogisticRegression(VectorizerClassifierModel):
     """Word n-gram TF-IDF (sublinear tf) + logistic regression: the classic strong text baseline."""
 
     kind: ClassVar[str] = "tfidf_lr"
+    soft_targets: ClassVar[bool] = True
 
     class Params(LinearTextParams):
         ngram_max: int = Field(2, ge=1, le=5, description="use word n-grams of length 1..ngram_max")
@@ -57,13 +59,21 @@ class TfidfLogisticRegression(VectorizerClassifierModel):
         )
 
     def _fit_present(self, texts: list[str], y: np.ndarray) -> None:
+        self.classifier_ = self._logistic_regression().fit(self._fit_vectorizer(texts), y)
+
+    def _fit_present_soft(self, texts: list[str], targets: np.ndarray) -> None:
+        # The vocabulary comes from each text once; the regression sees a text once per class it has weight on.
+        rows, columns, weights = expand_soft_targets(targets)
+        features = self._fit_vectorizer(texts)
+        self.classifier_ = self._logistic_regression().fit(features[rows], self.classes_[columns],
+                                                            sample_weight=weights)
+
+    def _logistic_regression(self) -> Any:
         from sklearn.linear_model import LogisticRegression
 
         p = self.params
-        features = self._fit_vectorizer(texts)
-        self.classifier_ = LogisticRegression(
-            C=p.C, max_iter=p.max_iter, class_weight=p.class_weight, random_state=self._random_state
-        ).fit(features, y)
+        return LogisticRegression(C=p.C, max_iter=p.max_iter, class_weight=p.class_weight,
+                                  random_state=self._random_state)
 
 
 @register_model

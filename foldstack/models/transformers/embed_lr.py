@@ -24,7 +24,7 @@ from pydantic import Field
 from foldstack.common.files import load_array, save_array
 from foldstack.errors import BundleError, DataError
 from foldstack.models import register_model
-from foldstack.models.base import ModelContext, ModelParams, check_labels
+from foldstack.models.base import ModelContext, ModelParams, check_labels, check_soft_targets, expand_soft_targets
 from foldstack.models.persist import restore_model, write_model_json
 from foldstack.models.transformers.batching import SentenceEncoder
 from foldstack.models.transformers.hf import DEFAULT_EMBEDDING_MODEL, model_identity, resolve_model_source
@@ -54,6 +54,7 @@ class EmbedLR:
     """Mean-pooled embeddings of a frozen transformer, optionally L2-normalised, fed to a logistic regression."""
 
     kind: ClassVar[str] = "embed_lr"
+    soft_targets: ClassVar[bool] = True
     # Embedding is a transformer forward pass: the first fold embeds every text, on a GPU when there is one.
     uses_gpu: ClassVar[bool] = True
 
@@ -130,18 +131,23 @@ class EmbedLR:
     # the protocol
     # ---------------------------------------------------------------------------------------------
     def fit(self, texts: Sequence[str], y: np.ndarray) -> Self:
+        y = check_labels(y, len(texts), self.context.n_classes, self.kind)
+        _require_two_classes(np.unique(y))
+        return self._fit_features(self._embed(texts), y)
+
+    def fit_soft(self, texts: Sequence[str], targets: np.ndarray) -> Self:
+        """Fit soft targets (a distilled student): the regression's sample-weighted log loss is their cross-entropy."""
+        targets = check_soft_targets(targets, len(texts), self.context.n_classes, self.kind)
+        rows, classes, weights = expand_soft_targets(targets)
+        _require_two_classes(np.unique(classes))
+        return self._fit_features(self._embed(texts)[rows], classes, sample_weight=weights)
+
+    def _fit_features(self, features: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> Self:
         from sklearn.linear_model import LogisticRegression
 
-        y = check_labels(y, len(texts), self.context.n_classes, self.kind)
-        classes = np.unique(y)
-        if classes.size < 2:
-            raise DataError(
-                f"embed_lr: the training part holds the classes {classes.tolist()}; at least two are needed"
-            )
-        features = self._embed(texts)
         self.classifier_ = LogisticRegression(
             C=self.params.C, max_iter=self.params.max_iter, random_state=self.context.seed
-        ).fit(features, y)
+        ).fit(features, y, sample_weight=sample_weight)
         self.embedding_dim_ = features.shape[1]
         self.model_identity_ = model_identity(self._source())
         return self
@@ -200,3 +206,8 @@ class EmbedLR:
         model.embedding_dim_ = int(meta["embedding"]["dim"])
         model.model_identity_ = recorded
         return model
+
+
+def _require_two_classes(classes: np.ndarray) -> None:
+    if classes.size < 2:
+        raise DataError(f"embed_lr: the training part holds the classes {classes.tolist()}; at least two are needed")

@@ -38,7 +38,7 @@ from pydantic import Field
 
 from foldstack.errors import DataError
 from foldstack.models import register_model
-from foldstack.models.base import ModelContext, ModelParams, check_labels
+from foldstack.models.base import ModelContext, ModelParams, check_labels, check_soft_targets
 from foldstack.models.persist import restore_model, write_model_json
 from foldstack.models.transformers.batching import attention_mask_4d, length_grouped_batches, pad_batch
 from foldstack.models.transformers.hf import (
@@ -75,6 +75,7 @@ class FineTune:
     """AutoModelForSequenceClassification fine-tuned with AdamW, linear warmup/decay and early stopping."""
 
     kind: ClassVar[str] = "finetune"
+    soft_targets: ClassVar[bool] = True
     uses_gpu: ClassVar[bool] = True  # read by foldstack.runtime.gpu_slots: fold tasks of this kind take a GPU slot
 
     class Params(ModelParams):
@@ -115,13 +116,20 @@ class FineTune:
     # training
     # ---------------------------------------------------------------------------------------------
     def fit(self, texts: Sequence[str], y: np.ndarray) -> Self:
-        p = self.params
         y = check_labels(y, len(texts), self.context.n_classes, self.kind)
-        classes = np.unique(y)
-        if classes.size < 2:
-            raise DataError(
-                f"finetune: the training part holds the classes {classes.tolist()}; at least two are needed"
-            )
+        _require_two_classes(np.unique(y))
+        return self._fit(texts, y)
+
+    def fit_soft(self, texts: Sequence[str], targets: np.ndarray) -> Self:
+        """Fit soft targets (a distilled student): torch's cross-entropy takes class probabilities in place of
+        codes, for training and for the early-stopping loss alike."""
+        targets = check_soft_targets(targets, len(texts), self.context.n_classes, self.kind)
+        _require_two_classes(np.flatnonzero(targets.sum(axis=0) > 0))
+        return self._fit(texts, targets.astype(np.float32))
+
+    def _fit(self, texts: Sequence[str], y: np.ndarray) -> Self:
+        """Train on `y`: class codes (n,) or soft targets (n, n_classes)."""
+        p = self.params
         device = resolve_device(self.context.device)
         configure_torch_for_device(device)
 
@@ -199,7 +207,7 @@ class FineTune:
         model = load_classifier(source, self.context.n_classes, self.tokenizer_.pad_token_id, device)
         use_4d_mask = model_accepts_4d_mask(model, self.tokenizer_, device)
         load_seconds = time.perf_counter() - load_started
-        train_rows, val_rows = validation_split(y, p.val_fraction, seed)
+        train_rows, val_rows = validation_split(y if y.ndim == 1 else y.argmax(axis=1), p.val_fraction, seed)
 
         def validation_loss(batch_size: int) -> float:
             return self._validation_loss(
@@ -235,7 +243,10 @@ class FineTune:
         proba = self._predict_token_ids(
             token_ids.take(rows), device, model=model, use_4d_mask=use_4d_mask, batch_size=batch_size
         )
-        return float(-np.mean(np.log(np.clip(proba[np.arange(rows.size), y[rows]], 1e-12, None))))
+        log_proba = np.log(np.clip(proba, 1e-12, None))
+        if y.ndim == 2:  # soft targets: their cross-entropy
+            return float(-np.mean((y[rows] * log_proba).sum(axis=1)))
+        return float(-np.mean(log_proba[np.arange(rows.size), y[rows]]))
 
     # ---------------------------------------------------------------------------------------------
     # prediction
@@ -354,3 +365,8 @@ class FineTune:
         model.tokens_ = training["tokens"]
         model.timings_ = training["timings_seconds"]
         return model
+
+
+def _require_two_classes(classes: np.ndarray) -> None:
+    if classes.size < 2:
+        raise DataError(f"finetune: the training part holds the classes {classes.tolist()}; at least two are needed")
