@@ -12,7 +12,7 @@ Git-native registry (the embedded default; works offline)
     one-second resolution): production is the version assigned last and not unassigned since. Promotion
     assigns the new version and unassigns the others, so `gto show`/`gto which` agree with foldstack.
 
-Bytes that travel (store.py: DVC; version_bytes.py: DVC, else W&B; local_store.py: the store directory)
+Bytes that travel (store.py, version_bytes.py and local_store.py)
     Before its tag, a version's store directory is hashed into the DVC project's cache (one `.dir` object, as
     `dvc add` makes) and pushed to the project's default DVC remote; the `.dir` hash goes into the record and
     a pointer file `registry/<model>/<version>.dvc` into the record commit's tree. A push that fails leaves no
