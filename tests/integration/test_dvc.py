@@ -20,8 +20,8 @@ import yaml
 from foldstack.config import load_config
 from foldstack.core.demo import write_demo_data
 from foldstack.ops.versioning import (VersioningError, data_change, pipeline_stages, plan_reruns, push, record_run,
+                                      unpushed_outputs)
 from tests.paths import REPO_ROOT
-                                  unpushed_outputs)
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -106,11 +106,11 @@ def history(template, tmp_path_factory) -> dict:
     record["bundle_first"] = _files(root / "artifacts" / "bundle")
     record["commit_first"] = _commit(root, "run 1")
     record["ran_again"], record["again"] = _repro(root)
-    _set_param(root, "meta", "C", 0.05)
+    _set_param(root, "meta", "logreg", {"C": 0.05})  # auto's logreg candidate
     record["plan_meta"] = plan_reruns(root)
     record["ran_meta"], _ = _repro(root)
     record["bundle_second"] = _files(root / "artifacts" / "bundle")
-    record["commit_second"] = _commit(root, "run 2: meta.C=0.05")
+    record["commit_second"] = _commit(root, "run 2: meta.logreg.C=0.05")
     return record
 
 
@@ -183,7 +183,7 @@ def test_flow_style_compute_then_commit_and_push(history):
     from foldstack.pipeline import stages
 
     root = history["root"]
-    _set_param(root, "meta", "C", 0.2)
+    _set_param(root, "meta", "logreg", {"C": 0.2})
     plan = plan_reruns(root)
     assert plan.to_run == DOWNSTREAM_OF_META
     cfg = load_config(root / "params.yaml")
