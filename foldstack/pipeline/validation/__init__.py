@@ -2,7 +2,7 @@
 
 The validate stage calls `run_gate(cfg)` instead of building the snapshot directly. The gate
 
-1. reads the data file as it is (before data.py's own checks, so that every broken row is reported at
+1. reads the data file as it is (before foldstack.core.data's own checks, so that every broken row is reported at
    once rather than the first problem only), normalises the text the way training sees it, adds a few
    derived columns (how many labels a text carries, the share of a row's class), and validates that
    batch against the suite `foldstack_training_data`; a separate holdout file (`data.test_path`) is

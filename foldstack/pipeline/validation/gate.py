@@ -43,7 +43,7 @@ def run_gate(cfg: Config) -> tuple[Snapshot, GateReport]:
                 frame = holdout_frame(snapshot, cfg.data)
                 report.outcomes += outcomes_from_results(context.validate(HOLDOUT, frame, expectations),
                                                          frame, HOLDOUT, cfg)
-    except DataError as exc:  # unreadable file, or data.py's own checks while splitting
+    except DataError as exc:  # unreadable file, or foldstack.core.data's own checks while splitting
         report.error = str(exc)
     # Pass or fail, this run's results are stored: keep the history bounded either way.
     context.prune_history(rules.keep_history)

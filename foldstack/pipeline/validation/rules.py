@@ -24,7 +24,7 @@ LABELS_FOR_TEXT = "labels_for_this_text"
 CLASS_SHARE = "share_of_this_label"
 IN_TRAINING = "text_in_training_data"
 
-ROW = "row"  # the index name of every validated frame: row numbers from 1, as data.py counts them
+ROW = "row"  # the index name of every validated frame: row numbers from 1, as foldstack.core.data counts them
 
 
 def build_expectations(cfg: Config, batch: str) -> list[Any]:
@@ -90,7 +90,7 @@ def is_missing(value: Any) -> bool:
 
 
 def audit_frame(raw: pd.DataFrame, data: DataConfig, label_stats: bool = True) -> pd.DataFrame:
-    """The raw table as the rules see it: indexed by row number (from 1, as data.py counts rows), text
+    """The raw table as the rules see it: indexed by row number (from 1, as foldstack.core.data counts rows), text
     normalised as training sees it, labels as strings, and (with `label_stats`) the derived columns."""
     frame = raw.copy()
     frame.index = pd.RangeIndex(1, len(raw) + 1, name=ROW)
