@@ -108,7 +108,7 @@ class TrackingConfig(Section):
     log_plots: bool = True
 
 
-# The data gate's rules (foldstack/pipeline/validation.py); `validation.severity` sets any of them to error, warn or off.
+# The data gate's rules (foldstack/pipeline/validation/); `validation.severity` sets any of them to error, warn or off.
 ValidationRule = Literal[
     "required_columns", "text_not_null", "text_not_blank", "text_length", "label_not_null", "label_in_set",
     "min_class_share", "max_duplicate_share", "consistent_labels", "row_count", "holdout_not_in_training",
