@@ -9,7 +9,7 @@ Three measurements, all in one run on one machine, same data, same epochs, same 
     say whether compiling pays on a run this short (`--no-compile-variant` skips it);
 (b) the whole base phase, 5 folds x 2 models (all-MiniLM-L6-v2 and a randomly initialised MPNet-base-sized
     model): wall time of foldstack (fold tasks packed onto the GPU in separate processes, as many at once
-    as `foldstack.runtime.gpu_packing` allows from measured memory and utilisation) against a user's sequential
+    as `bench/gpu_packing.py` allows from measured memory and utilisation) against a user's sequential
     loop of default `Trainer` runs and of tuned ones, with out-of-fold accuracy;
 (c) achieved model FLOP/s of foldstack's loop as a share of the GPU's measured bf16 matrix-product rate.
 
@@ -211,7 +211,7 @@ def worker_foldstack(spec: dict[str, Any]) -> dict[str, Any]:
 
     probe = None
     if spec.get("probe") and cuda:
-        from foldstack.runtime.gpu_packing import probe_task
+        from bench.gpu_packing import probe_task
 
         probe_result, (fit_seconds, predict_seconds, proba) = probe_task(run, "cuda:0")
         probe = probe_result.as_dict()
@@ -545,7 +545,7 @@ def part_a(args: argparse.Namespace, runner: Runner, models: dict[str, str], dat
 def part_b(args: argparse.Namespace, runner: Runner, models: dict[str, str], data_spec: dict[str, Any],
            settings: dict[str, Any], cache_dir: Path, cuda: bool, minilm_probe: dict[str, Any] | None
            ) -> dict[str, Any]:
-    from foldstack.runtime.gpu_packing import TaskFootprint, fits_alongside, gpu_free_bytes, plan_packing
+    from bench.gpu_packing import TaskFootprint, fits_alongside, gpu_free_bytes, plan_packing
 
     print(f"(b) base phase: {args.folds} folds x 2 models", flush=True)
     base = {"data_spec": data_spec, "n_folds": args.folds, "max_length": args.max_length}

@@ -64,9 +64,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-_die_with_parent = die_with_parent  # the name foldstack/cli/prefect.py imports (until it imports die_with_parent)
-
-
 class EmbeddedServer:
     """A temporary Prefect API server on 127.0.0.1, owned by this process."""
 

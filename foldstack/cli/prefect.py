@@ -20,6 +20,7 @@ import typer
 from foldstack.config import DEFAULT_PARAMS_FILE, load_config
 from foldstack.errors import FoldstackError
 from foldstack.runtime.prefect_env import prefect_environment_defaults
+from foldstack.runtime.process_exit import die_with_parent
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -78,15 +79,13 @@ def run_until_stopped(command: list[str], stop_timeout_s: float = STOP_TIMEOUT_S
     passing anything on (SIGKILL). Exit code: 0 when a requested stop ended the server in time, 1 when it had to
     be killed, else the server's own (128 + n for a server that died of signal n).
     """
-    from flows.embedded_server import _die_with_parent
-
     if os.name != "posix":  # no process groups: the console's Ctrl-C reaches the server itself
         try:
             return subprocess.call(command)
         except KeyboardInterrupt:
             return 0
     process = subprocess.Popen(command, process_group=0,
-                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                               preexec_fn=die_with_parent if sys.platform == "linux" else None)
     stop_requested_at: list[float] = []
 
     def pass_on(signum: int, _frame: object) -> None:

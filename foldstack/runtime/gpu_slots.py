@@ -4,7 +4,7 @@ Two questions, two answers:
 
 * **How many at once** is decided by the orchestrator (Prefect task runners sized from a `SlotPlan`): one
   slot per GPU for the kinds that use a GPU (`runtime.fits_per_gpu` per GPU where several small fine-tunes
-  fill one GPU better, see `foldstack.runtime.gpu_packing`), `runtime.max_workers` slots for everything on CPU.
+  fill one GPU better, measured and recommended by `bench/gpu_finetune.py`), `runtime.max_workers` slots for everything on CPU.
 * **Which GPU** a task takes is decided here, by `DeviceLeases`: a task leases one free device for the length
   of its fit and passes it to the model as `device="cuda:i"`. Leases are exclusive `flock`s on one file per
   device in a host-wide directory, so two flows (or two workers) on one machine never put two fine-tunes on

@@ -17,9 +17,10 @@ twice:
 The planner functions are pure (no torch, no GPU) and unit-tested; `probe_task` measures a task's peak
 memory and the GPU's utilisation while it runs, on a real GPU, for the planner to use.
 
-How it plugs into `foldstack.runtime.gpu_slots`: a `SlotPlan` gets `slots_per_gpu = plan_packing(...)` (from a
-probe of the first fold task, or a configured value) and `DeviceLeases` holds that many lock files per
-device, so up to that many fold tasks lease the same `cuda:i` at once.
+How it reaches a run: `bench/gpu_finetune.py` probes fold fits on the GPU at hand and prints the
+`runtime.fits_per_gpu` this planner recommends; that value is what `foldstack.runtime.gpu_slots` gives each GPU
+(`DeviceLeases` holds that many lock files per device). The planner lives beside the bench, not in the library:
+the library never re-plans a run on its own, the user sets the measured number.
 """
 
 from __future__ import annotations
