@@ -7,12 +7,12 @@ Run it with `python -m flows.train [--params params.yaml] [--set key.path=value 
 Prefect server configured it runs on Prefect's embedded server (state in ./.prefect); with PREFECT_API_URL set
 (e.g. after `foldstack server`) the run, its task graph and its artifacts show in that server's UI.
 
-Two granularities decide what a rerun recomputes (DESIGN.md). First DVC: when the run uses the DVC project's
-own params.yaml and a dvc.lock exists, the `plan-reruns` task asks DVC which stages are stale; a stage that is
-up to date (itself and everything upstream) is not recomputed, its task returns the summary the stage wrote
-last time, in a `Skipped` state (tasks/pipeline.py). Then the fold identities: every fold task whose identity
-is finished on disk is `Skipped` too (see tasks/fold.py). The flow's log, its result (`skipped_by_dvc`) and
-the run report say which stages and folds were skipped, and why.
+Two granularities decide what a rerun recomputes (docs/ARCHITECTURE.md, "Identity, caching and resume"). First DVC:
+when the run uses the DVC project's own params.yaml and a dvc.lock exists, the `plan-reruns` task asks DVC which
+stages are stale; a stage that is up to date (itself and everything upstream) is not recomputed, its task returns
+the summary the stage wrote last time, in a `Skipped` state (tasks/pipeline.py). Then the fold identities: every
+fold task whose identity is finished on disk is `Skipped` too (see tasks/fold.py). The flow's log, its result
+(`skipped_by_dvc`) and the run report say which stages and folds were skipped, and why.
 """
 
 from __future__ import annotations

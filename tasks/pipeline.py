@@ -1,10 +1,10 @@
 """One Prefect task per pipeline stage: each calls the stage function of `foldstack.pipeline.stages` and nothing more.
 
-Caching: none of Prefect's. DESIGN.md allows two caches, DVC's view of stale stages and the fold identities; a
-Prefect result cache beside them could disagree with both, so every task has `cache_policy=NONE`. DVC's view
-comes first (`plan_reruns`): a stage task whose DVC stage is up to date, itself and everything upstream,
-computes nothing and returns the summary its stage wrote last time, read back from the files on disk, in a
-`Skipped` state (`reuse_if_fresh`).
+Caching: none of Prefect's. docs/ARCHITECTURE.md (identity, caching and resume) allows two caches, DVC's view of
+stale stages and the fold identities; a Prefect result cache beside them could disagree with both, so every task
+has `cache_policy=NONE`. DVC's view comes first (`plan_reruns`): a stage task whose DVC stage is up to date, itself
+and everything upstream, computes nothing and returns the summary its stage wrote last time, read back from the
+files on disk, in a `Skipped` state (`reuse_if_fresh`).
 
 Retries only where a retry can help: registering (git, W&B, network) and versioning (DVC remote). Bad data,
 a missing stage input or invalid params fail at once: they are `FoldstackError`s, and `transient_failure`
