@@ -2,21 +2,31 @@
 
 A section model forbids extra keys and validates assignments; `describe_errors` turns a pydantic
 ValidationError into the one-line `dotted.key: what is wrong` form that every config error uses, and
-`reject_retired_keys` is how a section refuses a key that was renamed or removed, with a message saying so.
+a section's `retired_keys` is how it refuses a key that was renamed or removed, with a message saying so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 
 class Section(BaseModel):
-    """A params section: unknown keys are errors, values are checked on assignment too."""
+    """A params section: unknown keys are errors, values are checked on assignment too.
+
+    `retired_keys` (key -> what to say) names keys that were renamed or removed: a params file that still sets
+    one gets that message rather than the bare "unknown key".
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    retired_keys: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, raw: Any) -> Any:
+        return reject_retired_keys(raw, cls.retired_keys)
 
 
 def describe_errors(exc: ValidationError, model_names: list[Any] | None = None,

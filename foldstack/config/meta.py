@@ -11,11 +11,11 @@ logreg: {C: 0.5}}` compares a logreg of C 0.5 against the other candidates at th
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from foldstack.config.base import Section, reject_retired_keys
+from foldstack.config.base import Section
 
 # The kinds that are a learner (auto picks one of them).
 MetaKind = Literal["logreg", "ensemble_selection", "weighted_mean", "vote"]
@@ -48,10 +48,7 @@ class LogregParams(Section):
 class EnsembleSelectionParams(Section):
     rounds: int = Field(50, ge=1, le=1000, description="greedy selection rounds (with replacement)")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_keys(cls, raw: Any) -> Any:
-        return reject_retired_keys(raw, {"selection_rounds": "selection_rounds was renamed to rounds"})
+    retired_keys: ClassVar[dict[str, str]] = {"selection_rounds": "selection_rounds was renamed to rounds"}
 
 
 class WeightedMeanParams(Section):
@@ -104,11 +101,8 @@ class AutoMetaConfig(MetaConfig):
     weighted_mean: WeightedMeanParams = Field(default_factory=WeightedMeanParams)
     vote: VoteParams = Field(default_factory=VoteParams)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_keys(cls, raw: Any) -> Any:
-        return reject_retired_keys(raw, {"auto_candidates": "auto_candidates was renamed to candidates",
-                                         "auto_tie_se": "auto_tie_se was renamed to tie_se"})
+    retired_keys: ClassVar[dict[str, str]] = {"auto_candidates": "auto_candidates was renamed to candidates",
+                                         "auto_tie_se": "auto_tie_se was renamed to tie_se"}
 
     def candidate(self, kind: str) -> MetaConfig:
         """The config of one candidate kind: its params from this section, this section's cv_folds."""

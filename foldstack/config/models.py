@@ -10,6 +10,19 @@ from foldstack.config.base import Section, describe_errors
 from foldstack.models import available_kinds, model_class
 
 
+def validated_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` checked by the registered kind's `Params` and completed with its defaults (a ValueError naming
+    the kind or the key otherwise): what a fold identity hashes, so that spelled-out defaults change nothing."""
+    try:
+        cls = model_class(kind)
+    except KeyError:
+        raise ValueError(f"unknown model kind {kind!r}; available kinds: {', '.join(available_kinds())}") from None
+    try:
+        return cls.Params.model_validate(params).model_dump(mode="json")
+    except ValidationError as exc:
+        raise ValueError(f"params of {kind!r}: {describe_errors(exc)}") from None
+
+
 class BaseModelSpec(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     kind: str
@@ -17,17 +30,5 @@ class BaseModelSpec(Section):
 
     @model_validator(mode="after")
     def _known_kind_and_params(self) -> BaseModelSpec:
-        try:
-            cls = model_class(self.kind)
-        except KeyError:
-            raise ValueError(
-                f"unknown model kind {self.kind!r}; available kinds: {', '.join(available_kinds())}"
-            ) from None
-        try:
-            validated = cls.Params.model_validate(self.params)
-        except ValidationError as exc:
-            raise ValueError(f"params of {self.kind!r}: {describe_errors(exc)}") from None
-        # Store the complete, defaulted params: they are what the fold identity hashes.
-        object.__setattr__(self, "params", validated.model_dump(mode="json"))
+        object.__setattr__(self, "params", validated_params(self.kind, self.params))
         return self
-

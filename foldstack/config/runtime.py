@@ -8,11 +8,11 @@ Prefect work pool), `{kind: ray, address: ...}` (a Ray cluster). The bare kind i
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 
-from foldstack.config.base import Section, reject_retired_keys
+from foldstack.config.base import Section
 
 
 class LocalExecutorConfig(Section):
@@ -67,10 +67,7 @@ class RuntimeConfig(Section):
     watch_interval_seconds: int = Field(300, ge=10, description="how often `watch-data` hashes the data")
     refit_full: bool = Field(False, description="also fit each base model on all training rows for prediction")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_keys(cls, raw: Any) -> Any:
-        return reject_retired_keys(raw, _RETIRED_KEYS)
+    retired_keys: ClassVar[dict[str, str]] = _RETIRED_KEYS
 
     @field_validator("executor", mode="wrap")
     @classmethod

@@ -5,11 +5,11 @@ Each is a `Section`: unknown keys are errors, and every field's description says
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import Field, model_validator
 
-from foldstack.config.base import Section, reject_retired_keys
+from foldstack.config.base import Section
 
 
 class DataConfig(Section):
@@ -55,15 +55,10 @@ class FoldsConfig(Section):
     repeats: int = Field(1, ge=1, le=20)
     grouping: GroupingConfig = Field(default_factory=GroupingConfig)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_keys(cls, raw: Any) -> Any:
-        return reject_retired_keys(raw, {
+    retired_keys: ClassVar[dict[str, str]] = {
             "group_near_duplicates": "group_near_duplicates was replaced by folds.grouping "
                                      "(exact / containment / near_duplicates, each true or false)",
-        })
-
-
+        }
 
 
 class EvaluateConfig(Section):
@@ -71,13 +66,10 @@ class EvaluateConfig(Section):
     baselines: list[Literal["weighted_mean", "vote"]] = Field(default_factory=lambda: ["weighted_mean", "vote"])
     plots: bool = True
 
-    @model_validator(mode="before")
-    @classmethod
-    def _removed_keys(cls, raw: Any) -> Any:
-        return reject_retired_keys(raw, {
+    retired_keys: ClassVar[dict[str, str]] = {
             "primary_metric": "primary_metric was removed: nothing read it (the registry's gate compares "
                               "registry.gate_metric); delete it from the params",
-        })
+        }
 
 
 class RegistryConfig(Section):
