@@ -32,7 +32,9 @@ def train_fold(cfg: Config, model: str, repeat: int, fold: int, device: str | No
     if fold_task_done(cfg, task):
         return {"task": task.label, "identity": task.identity, "skipped": True, "seconds": 0.0}
 
-    device = resolve_device(device or cfg.runtime.device)
+    # A device handed over by the orchestrator is a lease it already made (cuda:i from the GPU slots): passed on
+    # as it is, for the model to use. Without one, runtime.device is resolved here (auto -> cuda or cpu).
+    device = device or resolve_device(cfg.runtime.device)
     started = time.perf_counter()
     fitted = crossfit.fit_unit(unit, snapshot.train["text"].tolist(), snapshot.train["label"].to_numpy(), folds,
                                n_classes=snapshot.n_classes, device=device,
