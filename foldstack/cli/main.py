@@ -273,6 +273,14 @@ def stage_stack(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = No
     _print_json(stack(_stage_config(params, set_, "stack")))
 
 
+@stage_app.command("distill")
+def stage_distill(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+    """Train the distilled student on the ensemble's honest soft targets (distill.enabled; else a no-op box)."""
+    from foldstack.pipeline.stages import distill  # deferred: pandas
+
+    _print_json(distill(_stage_config(params, set_, "distill")))
+
+
 @stage_app.command("evaluate")
 def stage_evaluate(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
     """Holdout metrics for every base model, baseline and the ensemble; leaderboard and plots."""

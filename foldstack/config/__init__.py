@@ -9,6 +9,7 @@ names, so callers import from `foldstack.config`.
 from __future__ import annotations
 
 from foldstack.config.base import Section
+from foldstack.config.distill import AugmentConfig, DistillConfig, StudentSpec
 from foldstack.config.loading import (
     DEFAULT_PARAMS_FILE, Config, apply_overrides, config_from_dict, load_config,
 )
@@ -27,9 +28,9 @@ from foldstack.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PARAMS_FILE", "META_CONFIGS", "VALIDATION_RULES", "AutoMetaConfig", "BaseModelSpec", "Config",
-    "ConfigError", "DataConfig", "EnsembleSelectionMetaConfig", "EnsembleSelectionParams", "EvaluateConfig",
+    "ConfigError", "DataConfig", "DistillConfig", "EnsembleSelectionMetaConfig", "EnsembleSelectionParams", "EvaluateConfig",
     "FoldsConfig", "GroupingConfig", "LogregMetaConfig", "LogregParams", "MetaConfig", "MetaKind", "MetaSection",
     "RegistryConfig", "RuntimeConfig", "Section", "SplitConfig", "TrackingConfig", "ValidationConfig",
     "ValidationRule", "VoteMetaConfig", "VoteParams", "WeightedMeanMetaConfig", "WeightedMeanParams",
-    "apply_overrides", "config_from_dict", "load_config",
+    "AugmentConfig", "StudentSpec", "apply_overrides", "config_from_dict", "load_config",
 ]

@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from foldstack.config.base import Section, describe_errors
+from foldstack.config.distill import DistillConfig
 from foldstack.config.meta import META_CONFIGS, AutoMetaConfig, MetaSection, default_kind
 from foldstack.config.models import BaseModelSpec
 from foldstack.config.runtime import RuntimeConfig
@@ -37,6 +38,7 @@ class Config(Section):
     # validate_default: params without base_models get the "at least one" error, not an empty run.
     base_models: list[BaseModelSpec] = Field(default_factory=list, validate_default=True)
     meta: MetaSection = Field(default_factory=AutoMetaConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

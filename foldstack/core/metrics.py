@@ -18,7 +18,7 @@ import pandas as pd
 # The scalar metrics of a report, in the order they are shown; flat_metrics exports exactly these.
 SCALAR_METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "log_loss", "roc_auc", "ece", "brier")
 LEADERBOARD_COLUMNS: tuple[str, ...] = ("model", "role", "accuracy", "macro_f1", "log_loss", "roc_auc", "ece")
-ROLES: tuple[str, ...] = ("base", "baseline", "ensemble")
+ROLES: tuple[str, ...] = ("base", "baseline", "ensemble", "student")
 
 
 def validate_predictions(
@@ -186,7 +186,7 @@ def leaderboard(reports: dict[str, dict[str, Any]], kinds: dict[str, str]) -> pd
     """One row per model — model, role, accuracy, macro_f1, log_loss, roc_auc, ece — best log loss first.
 
     `kinds` maps each model name to its role: "base" (a base model's holdout predictions), "baseline" (mean,
-    vote) or "ensemble" (the meta-learner).
+    vote), "ensemble" (the meta-learner) or "student" (the ensemble distilled into one model).
     """
     rows = []
     for model, report in reports.items():

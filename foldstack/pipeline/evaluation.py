@@ -65,6 +65,10 @@ def _holdout_reports(cfg: Config, snapshot: Snapshot, names: list[str], oofs: li
         roles[f"baseline:{baseline}"] = "baseline"
     probas["ensemble"] = load_array(layout.stack / "holdout_proba.npy")
     roles["ensemble"] = "ensemble"
+    student = layout.student / "holdout_proba.npy"
+    if cfg.distill.enabled:  # scored like the rest, on the same untouched holdout (metrics.json: student.*)
+        require(student, "distill")
+        probas["student"], roles["student"] = load_array(student), "student"
     reports = {name: classification_report(y, p, labels, cfg.evaluate.ece_bins) for name, p in probas.items()}
     return reports, roles, probas
 

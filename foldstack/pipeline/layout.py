@@ -65,6 +65,11 @@ class Layout:
     def bundle(self) -> Path:
         return self.root / "bundle"
 
+    @property
+    def student(self) -> Path:
+        """The distill stage's box: the student's bundle, holdout predictions and metrics."""
+        return self.root / "student"
+
 
 def require(path: Path, stage: str) -> None:
     """Raise StageError naming `stage` unless `path` is a file or a finished box."""

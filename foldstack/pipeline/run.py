@@ -11,6 +11,7 @@ from typing import Any
 from foldstack.config import Config
 from foldstack.pipeline.base_models import collect_oof, train_fold
 from foldstack.pipeline.bundle_stage import make_bundle
+from foldstack.pipeline.distill import distill
 from foldstack.pipeline.evaluation import evaluate, stack
 from foldstack.pipeline.identities import FoldTask, fold_task_done, plan_fold_tasks
 from foldstack.pipeline.layout import Reporter, log_report
@@ -66,6 +67,8 @@ def run_pipeline(cfg: Config, report: Reporter = log_report) -> PipelineResult:
         report("collected", collect_oof(cfg, spec.name))
     report("stage", {"stage": "stack"})
     report("stacked", stack(cfg))
+    report("stage", {"stage": "distill"})
+    report("distilled", distill(cfg))
     report("stage", {"stage": "evaluate"})
     evaluation = evaluate(cfg)
     report("stage", {"stage": "bundle"})

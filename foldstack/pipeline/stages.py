@@ -9,6 +9,7 @@ modules beside this one, by concern; this module names them all, for callers tha
     prepare       validate, folds
     base_models   train_fold, collect_oof, train_base
     evaluation    stack, evaluate
+    distill       the distilled student (distill.enabled)
     bundle_stage  the bundle
     run           the whole pipeline in-process
 """
@@ -16,6 +17,7 @@ modules beside this one, by concern; this module names them all, for callers tha
 from foldstack.core.crossfit import FULL_FIT
 from foldstack.pipeline.base_models import collect_oof, load_base_predictions, train_base, train_fold
 from foldstack.pipeline.bundle_stage import make_bundle, write_bundle
+from foldstack.pipeline.distill import distill
 from foldstack.pipeline.evaluation import evaluate, holdout_reports, stack
 from foldstack.pipeline.identities import FoldTask, fold_identity, fold_task_done, fold_unit, plan_fold_tasks
 from foldstack.pipeline.layout import Layout, Reporter, load_folds, load_snapshot, log_report
@@ -23,7 +25,7 @@ from foldstack.pipeline.prepare import make_folds, validate
 from foldstack.pipeline.run import PipelineResult, run_fold_tasks, run_pipeline
 
 __all__ = [
-    "FULL_FIT", "FoldTask", "Layout", "PipelineResult", "Reporter", "collect_oof", "evaluate", "fold_identity",
+    "FULL_FIT", "FoldTask", "Layout", "PipelineResult", "Reporter", "collect_oof", "distill", "evaluate", "fold_identity",
     "fold_task_done", "fold_unit", "holdout_reports", "load_base_predictions", "load_folds", "load_snapshot",
     "log_report", "make_bundle", "make_folds", "plan_fold_tasks", "run_fold_tasks", "run_pipeline", "stack",
     "train_base", "train_fold", "validate", "write_bundle",
