@@ -89,12 +89,14 @@ def _shuffle(words: list[str], rng: np.random.Generator, window: int = 3) -> lis
 _PERTURB = {"word_dropout": _word_dropout, "span_deletion": _span_deletion, "shuffle": _shuffle}
 
 
-def augment_texts(texts: Sequence[str], *, methods: Sequence[str], copies: int,
-                  seed: int) -> tuple[list[str], np.ndarray]:
-    """`copies` perturbed copies of each text of at least three words (methods taken in turn).
+def augment_texts(texts: Sequence[str], *, methods: Sequence[str], copies: int, seed: int,
+                  min_words: int = _MIN_WORDS_TO_AUGMENT) -> tuple[list[str], np.ndarray]:
+    """`copies` perturbed copies of each text (methods taken in turn), each of at least `min_words` words.
 
     Returns the new texts and, for each, the index of the text it came from. Copies equal to their source or
-    to an earlier copy are dropped: they would teach nothing new. Deterministic for a seed.
+    to an earlier copy are dropped: they would teach nothing new; so are copies shorter than `min_words`: a
+    fragment of a word or two occurs inside many texts, and the overlap grouping (whose `min_contained_tokens`
+    the distill stage passes here) does not look at fragments that short. Deterministic for a seed.
     """
     unknown = sorted(set(methods) - set(_PERTURB))
     if unknown:
@@ -106,14 +108,36 @@ def augment_texts(texts: Sequence[str], *, methods: Sequence[str], copies: int,
     sources: list[int] = []
     for index, text in enumerate(texts):
         words = text.split()
-        if len(words) < _MIN_WORDS_TO_AUGMENT or not methods:
+        if len(words) < max(min_words, _MIN_WORDS_TO_AUGMENT) or not methods:
             continue
         seen = {text}
         for copy in range(copies):
             method = methods[copy % len(methods)]
-            candidate = " ".join(_PERTURB[method](words, rng))
-            if candidate and candidate not in seen:
+            perturbed = _PERTURB[method](words, rng)
+            candidate = " ".join(perturbed)
+            if len(perturbed) >= min_words and candidate not in seen:
                 seen.add(candidate)
                 out.append(candidate)
                 sources.append(index)
     return out, np.asarray(sources, dtype=np.int64)
+
+
+def copies_within_their_source_group(joint_groups: np.ndarray, train_groups: np.ndarray,
+                                     sources: np.ndarray) -> np.ndarray:
+    """Which augmented copies overlap no training text outside their source row's overlap group.
+
+    `joint_groups` are the groups of the training texts followed by the copies, grouped together (the folds'
+    own grouping rules); `train_groups` the training rows' groups from the fold assignment. A copy whose joint
+    group also holds a training row of another group (a word-dropout copy that became contained in some other
+    text, say) would be labelled by a fold member that may have seen that other row: it is dropped. Groups are
+    connected components, so one bridging copy drops the copies joined to it too: conservative, never leaky.
+    """
+    n_train = len(train_groups)
+    joint_train, joint_copies = joint_groups[:n_train], joint_groups[n_train:]
+    # For each joint group holding training rows: the one training group it holds, or -1 when it holds several.
+    only_group: dict[int, int] = {}
+    for joint, group in zip(joint_train.tolist(), np.asarray(train_groups).tolist(), strict=True):
+        only_group[joint] = group if only_group.get(joint, group) == group else -1
+    source_groups = np.asarray(train_groups)[sources]
+    return np.array([only_group.get(joint, source) == source
+                     for joint, source in zip(joint_copies.tolist(), source_groups.tolist(), strict=True)], dtype=bool)

@@ -11,7 +11,9 @@ Targets (`foldstack.core.distill`): for a training row, the meta-learner's cross
 matrix (`stack/meta_cv_proba.npy`), mixed with the row's label by `distill.alpha`. Augmented copies of a row
 (`distill.augment`) are labelled by each base model's fold members that never saw that row (the fold that held
 it out, in every repeat), combined by the fitted meta-learner: the meta-learner itself saw the row's OOF
-probabilities (never its text), a handful of weights that cannot memorise it.
+probabilities (never its text), a handful of weights that cannot memorise it. A copy that overlaps a training
+text of another overlap group (by the folds' own grouping rules) is dropped: a member that never saw the source
+may have seen that other text.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from foldstack.common.files import atomic_directory, derive_seed, load_array, sa
 from foldstack.config import Config
 from foldstack.config.meta import WeightedMeanMetaConfig
 from foldstack.core.crossfit import FULL_FIT
-from foldstack.core.distill import augment_texts, soft_targets
+from foldstack.core.distill import augment_texts, copies_within_their_source_group, soft_targets
+from foldstack.core.grouping import group_texts
 from foldstack.core.meta import load_meta, make_meta
 from foldstack.core.metrics import classification_report
 from foldstack.errors import StageError
@@ -90,7 +93,11 @@ def distill(cfg: Config) -> dict[str, Any]:
     n_augmented = 0
     if d.augment.methods:
         extra, sources = augment_texts(texts, methods=d.augment.methods, copies=d.augment.copies,
-                                       seed=derive_seed(cfg.seed, "distill-augment"))
+                                       seed=derive_seed(cfg.seed, "distill-augment"),
+                                       min_words=cfg.folds.grouping.min_contained_tokens)
+        joint = group_texts(texts + extra, cfg.folds.grouping).groups
+        keep = copies_within_their_source_group(joint, load_folds(cfg).group, sources)
+        extra, sources = [text for text, kept in zip(extra, keep, strict=True) if kept], sources[keep]
         if extra:
             extra_targets = soft_targets(honest_teacher_proba(cfg, extra, sources), None, snapshot.n_classes,
                                          alpha=0.0, temperature=d.temperature)

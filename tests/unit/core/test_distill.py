@@ -58,3 +58,19 @@ def test_augment_texts_is_deterministic_and_remembers_each_source() -> None:
     assert len(new) == len(set(new)), "no duplicate copies"
     with pytest.raises(ValueError, match="unknown augmentation"):
         augment_texts(texts, methods=["synonyms"], copies=1, seed=0)
+
+
+def test_copies_that_overlap_another_group_are_dropped() -> None:
+    from foldstack.core.distill import copies_within_their_source_group
+
+    # Training rows 0,1 form group 7 and row 2 group 9; copies 0, 1, 3 come from row 0, copy 2 from row 2.
+    train_groups = np.array([7, 7, 9])
+    sources = np.array([0, 0, 2, 0])
+    # A bridge joined every training row into joint group 5 (groups 7 and 9): its copies go; copies that overlap
+    # no training text (joint groups 8 and 6 hold none) stay.
+    joint = np.array([5, 5, 5, 5, 5, 8, 6])
+    assert copies_within_their_source_group(joint, train_groups, sources).tolist() == [False, False, True, True]
+    # Copy 0 overlaps only its source's group; copies 1 and 3 only row 2's group: a member that held out row 0
+    # may have seen row 2.
+    joint = np.array([5, 5, 6, 5, 6, 8, 6])
+    assert copies_within_their_source_group(joint, train_groups, sources).tolist() == [True, False, True, False]
