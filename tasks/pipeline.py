@@ -177,16 +177,19 @@ def make_bundle(cfg: Config, dvc_fresh: Collection[str] = ()) -> dict[str, Any] 
 @task(name="register", cache_policy=NONE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5),
       retry_jitter_factor=0.5, retry_condition_fn=transient_failure)
 def register(cfg: Config, bundle: dict[str, Any], dvc_fresh: Collection[str] = ()) -> dict[str, Any] | State:
-    """Register the bundle (the bundle task's summary) and run the promotion gate (foldstack.ops.registry)."""
+    """Register the bundle (the bundle task's summary) and run the promotion gate (foldstack.ops.registry);
+    then, with `distill.enabled`, the distilled student's bundle as `<model_name>-student`, gated the same way
+    against that model's production (its outcome under `student`)."""
     if _module_missing(REGISTRY_MODULE):
         get_run_logger().warning("register: skipped, %s is not available", REGISTRY_MODULE)
         return {"status": "skipped: module not available"}
     reused = reuse_if_fresh(cfg, "register", dvc_fresh)
     if reused is not None:
         return reused
-    from foldstack.ops.registry import register_bundle  # deferred: gto
+    from foldstack.ops.registry import register_models  # deferred: gto
 
-    return {"status": "done", **register_bundle(cfg, bundle["bundle"])}
+    ensemble, *student = register_models(cfg, bundle["bundle"])
+    return {"status": "done", **ensemble, "student": student[0] if student else None}
 
 
 @task(name="version", cache_policy=NONE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5),

@@ -136,7 +136,8 @@ def predict(
                                                 help="a bundle directory (unless --model) and the input file")],
     output: Annotated[Path, typer.Option("--output", "-o", help="where to write predictions (csv/tsv/parquet/jsonl)")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="a registry reference instead of BUNDLE: "
-                                              "production, latest or a version such as v0.2.0")] = None,
+                                              "production, latest, a version such as v0.2.0, or the distilled "
+                                              "student: student, student@latest, student@v0.2.0")] = None,
     params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
     text_column: Annotated[str, typer.Option(help="the text column of INPUT")] = "text",
     batch_size: Annotated[int, typer.Option(min=1)] = 1024,

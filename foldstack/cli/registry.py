@@ -27,8 +27,18 @@ registry_app = typer.Typer(
     no_args_is_help=True)
 
 
-def _config(params: Path, overrides: list[str] | None):
-    return load_config(params, overrides or [])
+StudentOpt = Annotated[bool, typer.Option("--student", help="the distilled student (<registry.model_name>-student) "
+                                                          "instead of the ensemble")]
+
+
+def _config(params: Path, overrides: list[str] | None, student: bool = False):
+    """The params; with `student`, those of the student's registry model (its name and W&B collection)."""
+    cfg = load_config(params, overrides or [])
+    if not student:
+        return cfg
+    from foldstack.ops.registry import STUDENT, model_config  # deferred: gto
+
+    return model_config(cfg, STUDENT)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -65,12 +75,13 @@ def _bytes_state(version: Any, problem: tuple[str, str] | None) -> tuple[str, st
 
 
 @registry_app.command("list")
-def list_versions(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+def list_versions(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+                  student: StudentOpt = False) -> None:
     """Every registered version, newest first, with its stage and holdout metrics; a version whose stored bytes
     are missing or modified is marked (`registry check` verifies every file)."""
     from foldstack.ops.registry import PRODUCTION, GitModelRegistry  # deferred: gto
 
-    cfg = _config(params, set_)
+    cfg = _config(params, set_, student)
     registry = GitModelRegistry.from_config(cfg)
     production = registry.production()
     metric = cfg.registry.gate_metric
@@ -119,11 +130,11 @@ def _dvc_bytes(record: dict[str, Any]) -> str:
 
 @registry_app.command("show")
 def show_version(ref: RefArg = "production", params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
-                 set_: SetOpt = None) -> None:
+                 set_: SetOpt = None, student: StudentOpt = False) -> None:
     """One version's record (bundle digests, metrics, data hash) and the production stage's history."""
     from foldstack.ops.registry import PRODUCTION, GitModelRegistry  # deferred: gto
 
-    cfg = _config(params, set_)
+    cfg = _config(params, set_, student)
     registry = GitModelRegistry.from_config(cfg)
     version = registry.resolve(ref)
     production = registry.production()
@@ -139,7 +150,7 @@ def show_version(ref: RefArg = "production", params: ParamsOpt = Path(DEFAULT_PA
             ("base models", ", ".join(record.get("base_models") or [])), ("meta-learner", record.get("meta")),
             ("code commit", record.get("source_commit")), ("registered from", record.get("registered_from")),
             ("DVC bytes", _dvc_bytes(record))]
-    rows += [(f"holdout {k.removeprefix('ensemble.')}", _fmt(v, 6))
+    rows += [(f"holdout {k.removeprefix('ensemble.').removeprefix('student.')}", _fmt(v, 6))
              for k, v in sorted(record.get("metrics", {}).items())]
     try:
         rows.append(("stored bundle", str(registry.bundle_path(version))))
@@ -162,23 +173,26 @@ def show_version(ref: RefArg = "production", params: ParamsOpt = Path(DEFAULT_PA
 @registry_app.command("promote")
 def promote(version: Annotated[str, typer.Argument(help="the version to put in production, e.g. v0.2.0")],
             reason: Annotated[str, typer.Option(help="why (kept in the git tag)")] = "promoted by hand",
-            params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+            params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+            student: StudentOpt = False) -> None:
     """Put VERSION in production (a person's decision: the gate is not consulted)."""
-    from foldstack.ops.registry import promote_version  # deferred: gto
+    from foldstack.ops.registry import ENSEMBLE, STUDENT, promote_version  # deferred: gto
 
-    result = promote_version(_config(params, set_), version, reason=reason)
-    out.print(f"production: [bold]{result['version']}[/bold] (was {result['previous_production'] or 'none'}); "
+    result = promote_version(_config(params, set_), version, reason=reason, role=STUDENT if student else ENSEMBLE)
+    out.print(f"{result['model']} production: [bold]{result['version']}[/bold] "
+              f"(was {result['previous_production'] or 'none'}); "
               f"W&B: {result['wandb']['status']}")
 
 
 @registry_app.command("rollback")
 def rollback(reason: Annotated[str, typer.Option(help="why (kept in the git tag)")] = "",
-             params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+             params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+             student: StudentOpt = False) -> None:
     """Put back the version production held before the current one."""
-    from foldstack.ops.registry import rollback_production  # deferred: gto
+    from foldstack.ops.registry import ENSEMBLE, STUDENT, rollback_production  # deferred: gto
 
-    result = rollback_production(_config(params, set_), reason=reason)
-    out.print(f"production rolled back: {result['from']} -> [bold]{result['to']}[/bold]; "
+    result = rollback_production(_config(params, set_), reason=reason, role=STUDENT if student else ENSEMBLE)
+    out.print(f"{result['model']} production rolled back: {result['from']} -> [bold]{result['to']}[/bold]; "
               f"W&B: {result['wandb']['status']}")
 
 
@@ -205,12 +219,13 @@ def sync(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> 
 @registry_app.command("check")
 def check(repair: Annotated[bool, typer.Option("--repair", help="remove orphan and temporary directories; "
                                                                  "deregister versions whose bytes are bad")] = False,
-          params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+          params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+          student: StudentOpt = False) -> None:
     """Verify the registry: version tags whose bytes are missing or modified, store directories no tag names,
     leftovers of interrupted writes. Exit code 1 while a problem is left."""
     from foldstack.ops.registry import GitModelRegistry  # deferred: gto
 
-    registry = GitModelRegistry.from_config(_config(params, set_))
+    registry = GitModelRegistry.from_config(_config(params, set_, student))
     problems = registry.check(repair=repair)
     if not problems:
         versions = registry.versions()
@@ -242,13 +257,14 @@ def check(repair: Annotated[bool, typer.Option("--repair", help="remove orphan a
 def pull(ref: Annotated[str, typer.Argument(help="a version (v0.2.0), 'production' or 'latest'")] = "production",
          all_versions: Annotated[bool, typer.Option("--all", help="every registered version")] = False,
          remote: Annotated[str | None, typer.Option(help="the DVC remote (default: the project's default)")] = None,
-         params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+         params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+         student: StudentOpt = False) -> None:
     """Put a version's bundle into the local store from the DVC remote (or, with no remote configured, from the
     W&B model registry when online), verified against its registered manifest. Nothing to do when it is here."""
     from foldstack.bundle import verify_bundle  # deferred: pandas
     from foldstack.ops.registry import GitModelRegistry  # deferred: gto
 
-    registry = GitModelRegistry.from_config(_config(params, set_))
+    registry = GitModelRegistry.from_config(_config(params, set_, student))
     for version in registry.versions() if all_versions else [registry.resolve(ref)]:
         path, source = registry.pull(version, remote=remote)
         files = len(verify_bundle(path)["files"])
@@ -261,12 +277,13 @@ def pull(ref: Annotated[str, typer.Argument(help="a version (v0.2.0), 'productio
 def upload(ref: Annotated[str | None, typer.Argument(help="a version, 'production' or 'latest' (default: every "
                                                           "version)")] = None,
            remote: Annotated[str | None, typer.Option(help="the DVC remote (default: the project's default)")] = None,
-           params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
+           params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
+           student: StudentOpt = False) -> None:
     """Send stored versions' bytes to the DVC remote: those registered while no remote was configured (a push
     does this itself once a remote is). Exit code 1 if one could not be sent."""
     from foldstack.ops.registry import GitModelRegistry  # deferred: gto
 
-    registry = GitModelRegistry.from_config(_config(params, set_))
+    registry = GitModelRegistry.from_config(_config(params, set_, student))
     results = registry.upload(registry.versions() if ref is None else [registry.resolve(ref)], remote=remote)
     table = Table(title=f"{registry.model_name}: bytes to the DVC remote", title_justify="left")
     table.add_column("version", no_wrap=True)
@@ -279,13 +296,21 @@ def upload(ref: Annotated[str | None, typer.Argument(help="a version, 'productio
 
 
 @registry_app.command("push")
-def push(bundle: Annotated[Path | None, typer.Option(help="the bundle (default: the pipeline's bundle)")] = None,
+def push(bundle: Annotated[Path | None, typer.Option(help="the bundle (default: the pipeline's bundle); a student "
+                                                          "bundle registers as <model_name>-student")] = None,
          log_pipeline: Annotated[bool, typer.Option(help="also log the run's metrics, tables and plots")] = True,
+         student: Annotated[bool, typer.Option(help="after the pipeline's bundle, also the distilled student's "
+                                                    "(with distill.enabled, once the distill stage wrote it)")] = True,
          params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None) -> None:
-    """Register the bundle as a new version, gate it against production (same holdout), promote on a pass."""
-    from foldstack.ops.registry import register_bundle  # deferred: gto
+    """Register the bundle as a new version, gate it against production (same holdout), promote on a pass; then
+    the same for the distilled student, as a model of its own."""
+    from foldstack.ops.registry import register_models  # deferred: gto
 
-    result = register_bundle(_config(params, set_), bundle, log_pipeline=log_pipeline)
+    for result in register_models(_config(params, set_), bundle, student=student, log_pipeline=log_pipeline):
+        _print_registration(result)
+
+
+def _print_registration(result: dict[str, Any]) -> None:
     if result["version"] and result["created"]:
         out.print(f"registered [bold]{result['model']} {result['version']}[/bold] ({result.get('tag')})")
     elif result["version"]:
@@ -299,13 +324,15 @@ def push(bundle: Annotated[Path | None, typer.Option(help="the bundle (default: 
         out.print("bytes: in the local store only (no DVC remote is configured)", soft_wrap=True)
     if result["gate"]:
         out.print(_gate_table(result["gate"]))
-    out.print(f"production: [bold]{result['production_version'] or 'none'}[/bold]"
+    out.print(f"{result['model']} production: [bold]{result['production_version'] or 'none'}[/bold]"
               f"{' (promoted)' if result['promoted'] else ''}; W&B tracking {result['tracking']['mode']}, registry "
               f"link {result['wandb_link']['status']}")
 
 
 def serve_model(
-    model: Annotated[str, typer.Option(help="'production', 'latest', a version, or a bundle directory")] = "production",
+    model: Annotated[str, typer.Option(help="'production', 'latest', a version, a bundle directory, or the distilled "
+                                            "student: 'student' (its production version, else the pipeline's), "
+                                            "'student@latest', 'student@v0.2.0'")] = "production",
     params: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
     set_: SetOpt = None,
     host: Annotated[str, typer.Option(help="interface to bind; the service has no authentication")] = "127.0.0.1",

@@ -45,11 +45,19 @@ W&B model registry
 
 Nothing here unpickles anything: bundles are verified against their manifests before any model loads.
 
+Models
+    A project registers its ensemble as `registry.model_name` and, with `distill.enabled`, the distilled student
+    as `<registry.model_name>-student`: a model of its own (versions, production, store, gate decision in
+    `artifacts/registry/student-decision.{json,md}`, W&B collection `<wandb_collection>-student`), registered
+    after the ensemble by the same code, with the same gate settings. `--model student` resolves to its
+    production version (models.py).
+
 The modules, by concern: git.py (errors, running git), tags.py (GTO tags: versions and stages), local_store.py
 (the store directory and its lock), store.py and version_bytes.py (bytes on a DVC remote or W&B),
 git_registry.py (`GitModelRegistry`: register, promote, roll back, check), gate.py (the promotion gate),
-wandb_links.py (the W&B registry links) and service.py (the calls behind the commands). Importing the package
-imports GTO: callers that must stay light import it inside the function that needs it.
+models.py (the ensemble and its student), wandb_links.py (the W&B registry links) and service.py (the calls
+behind the commands). Importing the package imports GTO: callers that must stay light import it inside the
+function that needs it.
 """
 
 from foldstack.ops.registry.gate import (LOWER_IS_BETTER, GateDecision, evaluate_gate, gate_decision,
@@ -57,15 +65,19 @@ from foldstack.ops.registry.gate import (LOWER_IS_BETTER, GateDecision, evaluate
 from foldstack.ops.registry.git import PullError, RegistryError, git_toplevel
 from foldstack.ops.registry.git_registry import GitModelRegistry
 from foldstack.ops.registry.local_store import LOCK_FILE, StoreProblem
-from foldstack.ops.registry.service import (promote_version, register_bundle, resolve_model, resolve_model_version,
-                                            rollback_production)
+from foldstack.ops.registry.models import (ENSEMBLE, NO_STUDENT, STUDENT, bundle_role, model_config,
+                                           pipeline_student, registered_name)
+from foldstack.ops.registry.service import (promote_version, register_bundle, register_models, resolve_model,
+                                            resolve_model_version, rollback_production)
 from foldstack.ops.registry.tags import PRODUCTION, RECORD_PREFIX, ModelVersion, StageEvent, normalise_version
 from foldstack.ops.registry.version_bytes import registry_target
 from foldstack.ops.registry.wandb_links import WandbLinks, sync_pending
 
 __all__ = [
-    "LOCK_FILE", "LOWER_IS_BETTER", "PRODUCTION", "RECORD_PREFIX", "GateDecision", "GitModelRegistry", "ModelVersion",
-    "PullError", "RegistryError", "StageEvent", "StoreProblem", "WandbLinks", "evaluate_gate", "gate_decision",
-    "git_toplevel", "normalise_version", "promote_version", "register_bundle", "registry_target", "resolve_model",
-    "resolve_model_version", "rollback_production", "score_bundle_on_holdout", "sync_pending", "write_decision",
+    "ENSEMBLE", "LOCK_FILE", "LOWER_IS_BETTER", "NO_STUDENT", "PRODUCTION", "RECORD_PREFIX", "STUDENT", "GateDecision",
+    "GitModelRegistry", "ModelVersion", "PullError", "RegistryError", "StageEvent", "StoreProblem", "WandbLinks",
+    "bundle_role", "evaluate_gate", "gate_decision", "git_toplevel", "model_config", "normalise_version",
+    "pipeline_student", "promote_version", "register_bundle", "register_models", "registered_name", "registry_target",
+    "resolve_model", "resolve_model_version", "rollback_production", "score_bundle_on_holdout", "sync_pending",
+    "write_decision",
 ]

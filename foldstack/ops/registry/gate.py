@@ -21,6 +21,7 @@ from foldstack.common.files import write_json
 from foldstack.core.metrics import classification_report
 from foldstack.errors import BundleError
 from foldstack.ops.registry.git import RegistryError
+from foldstack.ops.registry.models import holdout_metric_key
 from foldstack.pipeline.stages import Layout, load_snapshot
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def score_bundle_on_holdout(bundle_path: Path, cfg: Config, metric: str) -> tupl
     """
     snapshot = load_snapshot(cfg)
     manifest = verify_bundle(bundle_path)
-    recorded = manifest.get("metrics", {}).get(f"ensemble.{metric}")
+    recorded = manifest.get("metrics", {}).get(holdout_metric_key(manifest, metric))
     if (recorded is not None and manifest.get("data_hash") == snapshot.data_hash
             and [str(x) for x in manifest["labels"]] == snapshot.label_map.names):
         return float(recorded), len(snapshot.holdout), manifest
@@ -171,17 +172,20 @@ def _decision_dir(cfg: Config) -> Path:
     return Layout.of(cfg).root / "registry"
 
 
-def write_decision(cfg: Config, outcome: Mapping[str, Any], decision: GateDecision | None) -> Path:
-    """artifacts/registry/decision.json (+ decision.md): the latest registration's version and gate."""
+def write_decision(cfg: Config, outcome: Mapping[str, Any], decision: GateDecision | None, *,
+                   name: str = "decision") -> Path:
+    """artifacts/registry/<name>.json (+ <name>.md): the latest registration's version and gate (`cfg`: the
+    registered model's params, whose `registry.model_name` the header names; `name`: `decision`, the
+    ensemble's, or `student-decision`)."""
     directory = _decision_dir(cfg)
-    write_json(directory / "decision.json", dict(outcome))
+    write_json(directory / f"{name}.json", dict(outcome))
     text = decision.markdown() if decision else "# Promotion gate: not run\n\nthe git-native registry is off\n"
     header = (f"version {outcome.get('version') or '-'} of {cfg.registry.model_name}; production now "
               f"{outcome.get('production_version') or '-'}; promoted: {outcome.get('promoted')}\n\n")
-    tmp = directory / f".decision.md.{uuid.uuid4().hex[:6]}"
+    tmp = directory / f".{name}.md.{uuid.uuid4().hex[:6]}"
     tmp.write_text(header + text, encoding="utf-8")
-    os.replace(tmp, directory / "decision.md")
-    return directory / "decision.json"
+    os.replace(tmp, directory / f"{name}.md")
+    return directory / f"{name}.json"
 
 
 __all__ = ["LOWER_IS_BETTER", "GateDecision", "evaluate_gate", "gate_decision", "score_bundle_on_holdout",

@@ -27,6 +27,7 @@ from gto.versions import SemVer
 
 from foldstack.common.files import sha256_file
 from foldstack.ops.registry.git import RegistryError, git_identity, head_commit, run_git
+from foldstack.ops.registry.models import ENSEMBLE, bundle_role
 from foldstack.ops.registry.store import DirHash, pointer_path, pointer_text
 
 log = logging.getLogger("foldstack.ops.registry")
@@ -65,7 +66,8 @@ class ModelVersion:
         return self.record.get("bundle_id", "")
 
     def metric(self, name: str) -> float | None:
-        value = self.record.get("metrics", {}).get(f"ensemble.{name}")
+        metrics = self.record.get("metrics", {})  # keyed `ensemble.<metric>`, a student's `student.<metric>`
+        value = metrics.get(f"ensemble.{name}", metrics.get(f"student.{name}"))
         return float(value) if isinstance(value, (int, float)) else None
 
 
@@ -220,10 +222,13 @@ class ModelTags:
     def register(self, version: str, manifest: Mapping[str, Any], content_digest: str, stored_manifest: Path,
                  bundle_path: Path, dir_hash: DirHash | None = None, remote: str | None = None) -> str:
         """Make the version's record commit (with the bytes' DVC pointer) and its GTO tag; returns the tag."""
-        metrics = {k: v for k, v in manifest.get("metrics", {}).items()
-                   if k.startswith("ensemble.") and isinstance(v, (int, float)) and math.isfinite(v)}
+        role = bundle_role(manifest)
+        prefix = f"{role}."  # a student's manifest holds its own scores only, unprefixed
+        metrics = {k if role == ENSEMBLE else prefix + k: v for k, v in manifest.get("metrics", {}).items()}
+        metrics = {k: v for k, v in metrics.items()
+                   if k.startswith(prefix) and isinstance(v, (int, float)) and math.isfinite(v)}
         record = {
-            "bundle_id": manifest["bundle_id"], "content_digest": content_digest,
+            "bundle_id": manifest["bundle_id"], "role": role, "content_digest": content_digest,
             "manifest_sha256": sha256_file(stored_manifest), "data_hash": manifest.get("data_hash"),
             "fold_hash": manifest.get("fold_hash"), "labels": manifest.get("labels"),
             "base_models": [m["name"] for m in manifest.get("base_models", [])],
@@ -238,8 +243,8 @@ class ModelTags:
             files[pointer_path(self.model_name, version)] = pointer_text(self.model_name, version, dir_hash)
         commit = self._record_commit(version, record, files)
         name, email = git_identity(self.repo)
-        summary = ", ".join(f"{m} {metrics[f'ensemble.{m}']:.4f}" for m in ("log_loss", "accuracy", "macro_f1")
-                            if f"ensemble.{m}" in metrics)
+        summary = ", ".join(f"{m} {metrics[prefix + m]:.4f}" for m in ("log_loss", "accuracy", "macro_f1")
+                            if prefix + m in metrics)
         message = (f"foldstack: register {self.model_name} {version} (bundle {manifest['bundle_id']}"
                    f"{'; ' + summary if summary else ''})\n\n{RECORD_PREFIX}{json.dumps(record, sort_keys=True)}")
         try:

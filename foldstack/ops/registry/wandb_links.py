@@ -54,6 +54,7 @@ class WandbLinks:
                  run_syncer: Callable[[Path], None] | None = None, sleep: Callable[[float], None] = time.sleep):
         self.ledger = cfg.resolve_path(cfg.tracking.dir) / "foldstack-links"
         self.target = registry_target(cfg)
+        self.model_name = cfg.registry.model_name  # the ledger is shared: an ensemble's and its student's links
         self.retries = cfg.registry.link_retries
         self.api_factory = api_factory or wandb_api
         self.run_syncer = run_syncer or _run_wandb_sync
@@ -101,8 +102,9 @@ class WandbLinks:
         write_json(self.ledger / f"{entry['id']}.json", entry)
 
     def reference_for(self, version: str) -> dict[str, Any] | None:
-        """The newest ledger entry of a registry version: which run logged its artifact."""
-        matches = [e for e in self.entries() if e.get("version") == version]
+        """The newest ledger entry of a registry version of this model: which run logged its artifact."""
+        matches = [e for e in self.entries() if e.get("version") == version
+                   and e.get("artifact_name", self.model_name) == self.model_name]
         return matches[-1] if matches else None
 
     @property
