@@ -26,8 +26,8 @@ from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
 from foldstack.pipeline.runlock import run_lock
 from tasks.fanout import resolve_in_order, train_base_models, warm_up
 from tasks.pipeline import (
-    DVC_UP_TO_DATE, collect_oof, evaluate, fit_meta, make_bundle, make_folds, plan_reruns, register, validate_data,
-    version)
+    DVC_UP_TO_DATE, collect_oof, distill, evaluate, fit_meta, make_bundle, make_folds, plan_reruns, register,
+    validate_data, version)
 from tasks.report import publish_run_artifacts, run_report
 
 
@@ -37,7 +37,7 @@ def stage_names(cfg: Config) -> list[str]:
     The bundle and register tasks are one DVC stage, `register`: it writes the bundle and registers it.
     """
     return ["validate", "folds", *(f"train@{spec.name}" for spec in cfg.base_models),
-            "stack", "evaluate", "register", "register"]
+            "stack", "distill", "evaluate", "register", "register"]
 
 
 @flow(name="train-ensemble", log_prints=False)
@@ -59,12 +59,13 @@ def _train_under_lock(cfg: Config, params: str, overrides: list[str] | None, log
     base = train_base_models(cfg, data, folds)
     oof = [collect_oof.submit(cfg, spec.name, fresh, wait_for=base.of_model(spec.name)) for spec in cfg.base_models]
     stacked = fit_meta.submit(cfg, fresh, wait_for=oof)
-    evaluation = evaluate.submit(cfg, fresh, wait_for=[stacked])
+    distilled = distill.submit(cfg, fresh, wait_for=[stacked])
+    evaluation = evaluate.submit(cfg, fresh, wait_for=[stacked, distilled])
     bundle = make_bundle.submit(cfg, fresh, wait_for=[evaluation])
     registration = register.submit(cfg, bundle, fresh)
 
-    summaries = resolve_in_order(data, folds, *oof, stacked, evaluation, bundle, registration)
-    data_summary, folds_summary, *_, stack_summary, evaluation_summary, bundle_summary, registered = summaries
+    summaries = resolve_in_order(data, folds, *oof, stacked, distilled, evaluation, bundle, registration)
+    data_summary, folds_summary, *_, stack_summary, _, evaluation_summary, bundle_summary, registered = summaries
     skipped_by_dvc = list(dict.fromkeys(name for name, summary in zip(stage_names(cfg), summaries, strict=True)
                                         if summary.get("skipped") == DVC_UP_TO_DATE))
     if skipped_by_dvc:

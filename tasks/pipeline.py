@@ -103,16 +103,20 @@ def last_summary(cfg: Config, stage: str) -> dict[str, Any]:
             return read_json(layout.base(model) / "summary.json")
         case "stack":
             return read_json(layout.stack / "meta_cv.json")
+        case "distill":
+            return read_json(layout.student / "summary.json")
         case "evaluate":
             import pandas as pd
 
             return {"metrics": read_json(layout.eval / "metrics.json"),
                     "leaderboard": pd.read_csv(layout.eval / "leaderboard.csv").to_dict(orient="records")}
         case "register":  # the same bundle was written and registered (and gated) already: its decision stands
+            student = layout.root / "registry" / "student-decision.json"
             return {"status": "done", "bundle": str(layout.bundle),
-                    **read_json(layout.root / "registry" / "decision.json")}
+                    **read_json(layout.root / "registry" / "decision.json"),
+                    "student": read_json(student) if cfg.distill.enabled and student.is_file() else None}
     raise ValueError(f"no stage {stage!r} in the pipeline; stages: validate, folds, train@<model>, stack, "
-                     f"evaluate, register")
+                     f"distill, evaluate, register")
 
 
 def reuse_if_fresh(cfg: Config, stage: str, dvc_fresh: Collection[str]) -> State | None:
@@ -158,6 +162,13 @@ def fit_meta(cfg: Config, dvc_fresh: Collection[str] = ()) -> dict[str, Any] | S
     """The meta-learner on the OOF matrices, with its CV estimate on the OOF."""
     reused = reuse_if_fresh(cfg, "stack", dvc_fresh)
     return reused if reused is not None else stages.stack(cfg)
+
+
+@task(name="distill", cache_policy=NONE)
+def distill(cfg: Config, dvc_fresh: Collection[str] = ()) -> dict[str, Any] | State:
+    """The distilled student on the ensemble's honest soft targets (distill.enabled; else a marker only)."""
+    reused = reuse_if_fresh(cfg, "distill", dvc_fresh)
+    return reused if reused is not None else stages.distill(cfg)
 
 
 @task(name="evaluate", cache_policy=NONE)

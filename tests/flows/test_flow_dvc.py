@@ -119,7 +119,7 @@ def test_overridden_params_get_no_dvc_view(runs, tmp_path):
     from tasks.pipeline import plan_reruns as plan_task
 
     root = runs["root"]
-    cfg = load_config(root / "params.yaml", ["meta.C=0.5"])
+    cfg = load_config(root / "params.yaml", ["meta.cv_folds=4"])
     with disable_run_logger():
-        answer = plan_task.fn(cfg, str(root / "params.yaml"), ["meta.C=0.5"])
+        answer = plan_task.fn(cfg, str(root / "params.yaml"), ["meta.cv_folds=4"])
     assert answer["skipped"] == [] and answer["status"].startswith("no DVC view: the run's params differ")
