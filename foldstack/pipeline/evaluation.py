@@ -18,6 +18,7 @@ from foldstack.core.plots import write_plots
 from foldstack.models.base import check_proba
 from foldstack.pipeline.base_models import load_base_predictions
 from foldstack.pipeline.layout import Layout, load_folds, load_snapshot, require
+from foldstack.pipeline.report import write_report
 
 log = logging.getLogger("foldstack")
 
@@ -104,6 +105,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         if cfg.evaluate.plots:
             write_plots(snapshot.holdout["label"].to_numpy(), probas, snapshot.label_map.names, tmp / "plots",
                         cfg.evaluate.ece_bins)
+        write_report(cfg, tmp, board.to_dict(orient="records"), diagnosis)  # eval/report.html, after the plots
     return {"metrics": flat, "leaderboard": board.to_dict(orient="records"), "leakage": diagnosis,
             "meta": {k: stacked.get(k) for k in ("kind", "requested", "reason")}}
 
