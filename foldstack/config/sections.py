@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from foldstack.config.base import Section
 
@@ -65,6 +65,24 @@ class EvaluateConfig(Section):
     ece_bins: int = Field(15, ge=2, le=100)
     baselines: list[Literal["weighted_mean", "vote"]] = Field(default_factory=lambda: ["weighted_mean", "vote"])
     plots: bool = True
+    learning_curve: bool = Field(False, description="the evaluate stage also writes eval/learning_curve/ "
+                                                    "(the ensemble and base models refit on fractions of the "
+                                                    "training rows, scored on the same holdout)")
+    learning_curve_fractions: list[float] = Field(
+        default_factory=lambda: [0.1, 0.25, 0.5, 1.0],
+        description="the training-row fractions of the learning curve: each > 0 and <= 1, ascending, no repeats")
+
+    @field_validator("learning_curve_fractions")
+    @classmethod
+    def _fractions(cls, fractions: list[float]) -> list[float]:
+        if not fractions:
+            raise ValueError("give at least one fraction")
+        for f in fractions:
+            if not 0.0 < f <= 1.0:
+                raise ValueError(f"fraction {f:g} is out of range: each must be > 0 and <= 1")
+        if any(b <= a for a, b in zip(fractions, fractions[1:])):
+            raise ValueError(f"fractions {[float(f) for f in fractions]} must be ascending, without repeats")
+        return fractions
 
     retired_keys: ClassVar[dict[str, str]] = {
             "primary_metric": "primary_metric was removed: nothing read it (the registry's gate compares "
