@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from foldstack.bundle import write_manifest
+from foldstack.bundle.model_card import write_model_card
 from foldstack.common.files import atomic_directory, read_json
 from foldstack.config import Config
 from foldstack.core.crossfit import FULL_FIT
@@ -36,15 +37,24 @@ def write_bundle(cfg: Config, layout: Layout) -> Path:
             base_entries.append({"name": spec.name, "kind": spec.kind, "params": spec.params,
                                  "members": members, "combine": "full refit" if use_full else "mean of fold models"})
         shutil.copytree(layout.stack / "meta", tmp / "meta")
+        stacked = read_json(layout.stack / "meta_cv.json")
+        # The fitted kind: with meta.kind auto, the one the CV chose.
+        meta = {"kind": stacked["kind"], "requested": cfg.meta.kind, "path": "meta"}
+        # Before the manifest, which hashes it: foldstack.load verifies the card like any model file.
+        write_model_card(tmp, data={"path": cfg.data.path, **snapshot.summary()}, reports=_reports(layout),
+                         base_models=base_entries, meta={**meta, "reason": stacked.get("reason")})
         write_manifest(
             tmp, labels=snapshot.label_map.to_json(), params=cfg.model_dump(mode="json"),
-            data_hash=snapshot.data_hash, fold_hash=folds.hash, base_models=base_entries,
-            # The fitted kind: with meta.kind auto, the one the CV chose.
-            meta={"kind": read_json(layout.stack / "meta_cv.json")["kind"], "requested": cfg.meta.kind,
-                  "path": "meta"},
+            data_hash=snapshot.data_hash, fold_hash=folds.hash, base_models=base_entries, meta=meta,
             metrics=metrics,
         )
     return layout.bundle
+
+
+def _reports(layout: Layout) -> dict[str, Any]:
+    """eval/reports.json (every model's holdout report), or nothing when evaluate has not run."""
+    path = layout.eval / "reports.json"
+    return read_json(path) if path.is_file() else {}
 
 
 def make_bundle(cfg: Config) -> dict[str, Any]:

@@ -29,13 +29,13 @@ REPORT_HTML = "report.html"
 
 # Captions of the plots we know; any other PNG in eval/plots is shown under its file name.
 PLOT_CAPTIONS = {
-    "metrics": "Holdout metrics of every model",
-    "diversity": "Diversity of the base models (how often they disagree on the holdout)",
-    "meta_weights": "What the meta-learner gives each base model",
-    "confusion": "Confusion matrix of the ensemble on the holdout (rows: actual, columns: predicted)",
-    "pr": "Precision-recall curves on the holdout",
-    "calibration": "Calibration (reliability) on the holdout: predicted confidence against accuracy",
+    "metrics": "Holdout accuracy and log loss of every model, with 95% bootstrap intervals",
+    "confusion": "The ensemble's confusion matrix on the holdout (rows: actual class, columns: predicted)",
     "roc": "ROC curves on the holdout",
+    "pr": "The ensemble's precision-recall curve per class on the holdout",
+    "calibration": "Calibration on the holdout: top-class confidence against accuracy, per model",
+    "diversity": "Diversity: correlation of the base models' out-of-fold errors (low is good for stacking)",
+    "meta_weights": "The meta-learner's weights on the base models",
 }
 
 _STYLE = """
