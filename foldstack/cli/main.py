@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,9 +18,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.logging import RichHandler
 from rich.table import Table
 
+from flows.train import leaderboard_table, run_summary
+
+from foldstack.cli.progress import LOG_DIR, ProgressReporter, progress_display, run_log
 from foldstack.cli.registry import push
 from foldstack.common.version import __version__
 from foldstack.config import DEFAULT_PARAMS_FILE, Config, load_config
@@ -33,19 +37,30 @@ app = typer.Typer(
     name="foldstack",
     help="Leak-free K-fold stacked ensembles of text classifiers: train, evaluate, bundle, predict.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 stage_app = typer.Typer(help="Run one pipeline stage alone (what dvc.yaml and the Prefect tasks call).",
                         no_args_is_help=True)
 app.add_typer(stage_app, name="stage")
-console = Console(stderr=True)
+console = Console(stderr=True, log_path=False)  # no source-file link on each line
 out = Console()
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="the params file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: meta.kind=vote (repeatable)")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="when another run is writing the same artifacts "
                                                                 "directory: wait for it, or fail at once")]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"foldstack {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                                help="print foldstack's version and exit")] = False) -> None:
+    """Leak-free K-fold stacked ensembles of text classifiers: train, evaluate, bundle, predict."""
 
 
 def _config(params: Path, overrides: list[str] | None):
@@ -56,78 +71,36 @@ def _print_json(obj: Any) -> None:
     out.print_json(json.dumps(obj, default=str))
 
 
-def leaderboard_table(rows: list[dict[str, Any]], title: str = "holdout leaderboard") -> Table:
-    table = Table(title=title, title_justify="left")
-    columns = [c for c in ("model", "role", "accuracy", "macro_f1", "log_loss", "roc_auc", "ece") if rows and c in rows[0]]
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("model", "role") else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*[f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns],
-                      style="bold green" if row.get("role") == "ensemble" else None)
-    return table
-
-
-class ProgressReporter:
-    """Turns stage events into rich progress bars and short log lines."""
-
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.folds_task = None
-
-    def __call__(self, event: str, info: dict[str, Any]) -> None:
-        p = self.progress
-        if event == "stage":
-            p.console.log(f"[bold]{info['stage']}[/bold]")
-        elif event == "validated":
-            p.console.log(f"data {info['data_hash']}: {info['n_train']} training rows, {info['n_holdout']} holdout, "
-                          f"classes {info['train_class_counts']}")
-        elif event == "folds":
-            grouping = info["grouping"]
-            p.console.log(f"folds {info['hash']}: k={info['k']} x {info['repeats']} repeat(s), "
-                          f"{grouping.get('n_groups', info['n_rows'])} overlap groups "
-                          f"({grouping.get('rows_in_multi_row_groups', 0)} rows share a group)")
-            if "warning" in grouping:
-                p.console.log(f"[yellow]warning:[/yellow] {grouping['warning']}")
-        elif event == "plan":
-            if info["skipped"]:
-                p.console.log(f"resume: {info['skipped']} of {info['total']} fold trainings already done "
-                              f"with the same identity; skipped")
-            self.folds_task = p.add_task("train base models", total=info["pending"])
-        elif event == "fold_done" and self.folds_task is not None:
-            p.advance(self.folds_task)
-            p.console.log(f"  {info['task']} {info['seconds']:.1f}s" + (" (skipped)" if info.get("skipped") else ""))
-        elif event == "collected":
-            p.console.log(f"OOF {info['model']}: coverage {info['coverage']:.0%}, accuracy {info['oof_accuracy']:.4f}")
-        elif event == "stacked":
-            cv = info["cv"]
-            p.console.log(f"meta-learner {info['kind']}: CV on OOF accuracy {cv.get('accuracy', float('nan')):.4f}, "
-                          f"log loss {cv.get('log_loss', float('nan')):.4f}")
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
-
-
 @app.command()
 def train(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
           track: Annotated[bool, typer.Option(help="log the run to W&B (tracking.mode; offline without a key)")]
-          = True, wait: WaitOpt = True) -> None:
+          = True, wait: WaitOpt = True,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show each fold training and the "
+                                                "pipeline's INFO log (always in .foldstack/logs/)")] = False) -> None:
     """Run the whole pipeline in this process: validate, folds, base models, stack, evaluate, bundle."""
     from foldstack.pipeline.stages import run_pipeline  # deferred: pandas
 
     cfg = _config(params, set_)
-    with run_lock(cfg, "foldstack train", wait=wait), _progress() as progress:
-        result = run_pipeline(cfg, ProgressReporter(progress))
-    out.print(leaderboard_table(result.leaderboard))
-    out.print(f"bundle: [bold]{result.bundle}[/bold]  (trained {result.trained} fold models, "
-              f"reused {result.skipped})")
-    if track:
-        from foldstack.ops.tracking import track_pipeline_run  # deferred: pandas
+    log_file = run_log(verbose)
+    tracked = None
+    with run_lock(cfg, "foldstack train", wait=wait), progress_display(console) as progress:
+        reporter = ProgressReporter(progress)
+        result = run_pipeline(cfg, reporter)
+        reporter.finish("bundle", f"{result.bundle}")
+        if track:
+            from foldstack.ops.tracking import track_pipeline_run  # deferred: pandas
 
-        where = track_pipeline_run(cfg)
-        if where["mode"] != "disabled":
-            out.print(f"tracked in W&B ({where['mode']}): {where.get('run_dir') or where.get('run_path')}")
+            progress.update(reporter.stage_task, description="log to W&B")
+            where = track_pipeline_run(cfg)
+            if where["mode"] != "disabled":
+                tracked = f"{where['mode']}: {where.get('run_dir') or where.get('run_path')}"
+                reporter.line("track", f"W&B run {tracked}")
+    summary = run_summary(cfg, bundle=result.bundle, trained=result.trained, reused=result.skipped,
+                          leaderboard=result.leaderboard, tracking=tracked,
+                          registry="not registered by `foldstack train` (see next steps)")
+    if log_file is not None:
+        summary.next_steps.append(f"less {log_file}   # this run's full log")
+    summary.print(out)
 
 
 @app.command()
@@ -250,8 +223,8 @@ def stage_train_base(name: Annotated[str, typer.Argument(help="a base model's na
 
     cfg = _stage_config(params, set_, f"train-base {name}")
     cfg.base_model(name)
-    with _progress() as progress:
-        reporter = ProgressReporter(progress)
+    with progress_display(console) as progress:
+        reporter = ProgressReporter(progress, first_stage=f"train {name}")
         reporter("plan", {"pending": cfg.folds.k * cfg.folds.repeats, "skipped": 0, "total": 0})
         summary = train_base(cfg, name, device=device, report=reporter)
     _print_json(summary)
@@ -322,14 +295,13 @@ def _register_extensions() -> None:
 _register_extensions()
 
 
-TRACEBACK_LOG_DIR = Path(".foldstack") / "logs"
+TRACEBACK_LOG_DIR = LOG_DIR
 
 
 def write_traceback_log(exc: BaseException) -> Path | None:
     """Write `exc`'s traceback, with the command line, to a new file under .foldstack/logs/ in the working
     directory (the system's temporary directory if that cannot be written); return its path, or None if
     neither can be written."""
-    import os
     import tempfile
     import traceback
     from datetime import datetime
@@ -355,7 +327,9 @@ def _one_line(exc: BaseException) -> str:
 
 def main() -> None:
     skip_final_garbage_collection()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Warnings on the terminal, without a source-file link each; `train` adds its log file (and --verbose).
+    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False, rich_tracebacks=False)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", handlers=[handler])
     try:
         app()
     except FoldstackError as exc:
