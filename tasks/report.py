@@ -1,9 +1,14 @@
 """The run's dashboard in Prefect: a progress artifact while base models train, then a markdown run report
 and a leaderboard table. Artifact keys are stable, so the Artifacts page shows each one's history across runs.
+
+The run report embeds the key plots (eval/plots: metrics, confusion, calibration) as base64 data URIs, which the
+Prefect UI renders, up to EMBED_BUDGET characters; beyond it, and for every other plot, it gives the file's path.
+It names eval/report.html, the self-contained page with everything (foldstack.pipeline.report).
 """
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +16,15 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from foldstack.pipeline import stages
 from foldstack.config import Config
+from foldstack.pipeline.report import REPORT_HTML, plot_caption
 
 PROGRESS_KEY = "foldstack-training-progress"
 REPORT_KEY = "foldstack-run-report"
 LEADERBOARD_KEY = "foldstack-leaderboard"
+KEY_PLOTS = ("metrics.png", "confusion.png", "calibration.png")
+# The base64 characters of images one run report may embed: the artifact lives in Prefect's database and the UI
+# loads it whole, so about 1.5 MB of text at most (three plots of the default size fit).
+EMBED_BUDGET = 1_500_000
 
 
 class TrainingProgress:
@@ -83,7 +93,30 @@ def run_report(cfg: Config, *, data: dict[str, Any], folds: dict[str, Any], trai
     lines += ["", f"## Meta-learner: {stacked.get('kind')}", "",
               "Cross-validated on the OOF predictions: " + ", ".join(
                   f"{k} {_format(v)}" for k, v in cv.items() if isinstance(v, (int, float))), ""]
+    lines += plots_section(stages.Layout.of(cfg).eval)
     return "\n".join(lines)
+
+
+def plots_section(eval_dir: Path, budget: int = EMBED_BUDGET) -> list[str]:
+    """The full report's path, the key plots embedded (while they fit in `budget`), the other plots' paths."""
+    report = eval_dir / REPORT_HTML
+    lines = ["## Plots", "",
+             (f"**Full report** (one self-contained HTML file, every plot): `{report}`" if report.is_file()
+              else "No eval/report.html (the evaluate stage has not written one)."), ""]
+    plots = eval_dir / "plots"
+    pngs = sorted(plots.glob("*.png")) if plots.is_dir() else []
+    key = [plots / name for name in KEY_PLOTS if plots / name in pngs]
+    for png in key:
+        encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+        if len(encoded) <= budget:
+            budget -= len(encoded)
+            lines += [f"**{plot_caption(png)}**", "", f"![{png.stem}](data:image/png;base64,{encoded})", ""]
+        else:
+            lines += [f"**{plot_caption(png)}**: `{png}` (too large to embed here)", ""]
+    others = [png for png in pngs if png not in key]
+    if others:
+        lines += ["Other plots: " + ", ".join(f"`{png}`" for png in others), ""]
+    return lines
 
 
 def _grouping_lines(grouping: dict[str, Any]) -> list[str]:
