@@ -1,7 +1,8 @@
 """Serving the production model over HTTP (FastAPI + uvicorn) with Prometheus metrics.
 
 schemas (limits, wire format), parsing (reading a /predict body), state (the model and its swaps),
-metrics (Prometheus), app (the routes; its docstring states the HTTP contract) and server (uvicorn).
+metrics (Prometheus), docs (/docs and /redoc without a CDN), app (the routes; its docstring states the HTTP
+contract) and server (uvicorn).
 """
 
 from foldstack.ops.serving.app import create_app

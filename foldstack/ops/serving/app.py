@@ -3,6 +3,7 @@
     POST /predict   {"texts": ["...", ...]} -> labels, class probabilities and the model version
     GET  /health    the loaded model's version, labels and where it came from
     GET  /metrics   Prometheus text format: requests, latency histogram, predictions per class, model info
+    GET  /docs, /redoc   the API pages (Swagger UI, ReDoc), their scripts served from /static: no CDN (docs.py)
 
 Bad input is always a 4xx, never a 500: a body that is too large is 413, one that is not UTF-8 JSON is 400,
 a JSON body that breaks the schema or the limits (batch size, text length, a text that is only whitespace or
@@ -31,6 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
+from foldstack.ops.serving.docs import add_offline_docs
 from foldstack.ops.serving.metrics import ENDPOINTS, ServiceMetrics
 from foldstack.ops.serving.parsing import parse_predict_body, read_capped
 from foldstack.ops.serving.schemas import (HealthReport, InputError, PredictResult, ServingLimits,
@@ -56,7 +58,8 @@ def create_app(source: ModelSource, *, limits: ServingLimits | None = None, relo
     check_for_new_model = _model_checker(holder, metrics)
 
     app = FastAPI(title="foldstack model service", lifespan=_watching(holder, check_for_new_model, reload_seconds),
-                  description="Stacked-ensemble text classification: POST /predict, GET /health, GET /metrics")
+                  description="Stacked-ensemble text classification: POST /predict, GET /health, GET /metrics",
+                  docs_url=None, redoc_url=None)  # add_offline_docs serves both pages without a CDN
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.limits = limits
@@ -67,6 +70,7 @@ def create_app(source: ModelSource, *, limits: ServingLimits | None = None, relo
     _add_predict(app, holder, metrics, limits)
     _add_health(app, holder, limits)
     _add_metrics(app, metrics)
+    add_offline_docs(app)
     return app
 
 

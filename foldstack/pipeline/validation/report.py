@@ -113,7 +113,7 @@ class GateReport:
         if self.report_json:
             lines.append(f"  report: {self.report_json}")
         if self.data_docs:
-            lines.append(f"  Data Docs: {self.data_docs} (styles load from CDNs; offline, read validation.md)")
+            lines.append(f"  Data Docs: {self.data_docs} (no CDN needed: plain pages that open offline)")
         return "\n".join(lines)
 
 
