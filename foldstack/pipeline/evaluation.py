@@ -12,7 +12,7 @@ from foldstack.common.files import atomic_directory, load_array, read_json, save
 from foldstack.config import Config, MetaConfig
 from foldstack.core import crossfit, leakage
 from foldstack.core.data import Snapshot
-from foldstack.core.meta import make_meta
+from foldstack.core.meta import load_meta, make_meta
 from foldstack.core.metrics import classification_report, flat_metrics, leaderboard, leaderboard_markdown
 from foldstack.core.plots import write_plots
 from foldstack.models.base import check_proba
@@ -104,7 +104,8 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         (tmp / "leaderboard.md").write_text(markdown)
         if cfg.evaluate.plots:
             write_plots(snapshot.holdout["label"].to_numpy(), probas, snapshot.label_map.names, tmp / "plots",
-                        cfg.evaluate.ece_bins)
+                        cfg.evaluate.ece_bins, seed=cfg.seed, meta=load_meta(layout.stack / "meta"),
+                        oof=(snapshot.train["label"].to_numpy(), dict(zip(names, oofs, strict=True))))
         write_report(cfg, tmp, board.to_dict(orient="records"), diagnosis)  # eval/report.html, after the plots
     return {"metrics": flat, "leaderboard": board.to_dict(orient="records"), "leakage": diagnosis,
             "meta": {k: stacked.get(k) for k in ("kind", "requested", "reason")}}

@@ -181,7 +181,8 @@ def test_write_plots_writes_png_and_dvc_csv_files(tmp_path, n_classes):
     written = write_plots(y, probas, labels, tmp_path / "plots", ece_bins=10)
 
     names = {path.name for path in written}
-    assert names == {"confusion.png", "roc.png", "calibration.png", "confusion.csv", "roc.csv", "calibration.csv"}
+    assert names == {"metrics.png", "confusion.png", "roc.png", "pr.png", "calibration.png", "metrics.csv",
+                     "confusion.csv", "confusion_matrix.csv", "roc.csv", "pr.csv", "calibration.csv"}
     for path in written:
         assert path.is_file() and path.parent == tmp_path / "plots"
         if path.suffix == ".png":
@@ -198,7 +199,7 @@ def test_write_plots_writes_png_and_dvc_csv_files(tmp_path, n_classes):
     assert roc["fpr"].between(0, 1).all() and roc["tpr"].between(0, 1).all()
 
     calibration = pd.read_csv(tmp_path / "plots" / "calibration.csv")
-    assert list(calibration.columns) == ["model", "bin", "confidence", "accuracy", "count"]
+    assert list(calibration.columns)[:5] == ["model", "bin", "confidence", "accuracy", "count"]
     assert set(calibration["model"]) == set(probas)
     assert (calibration.groupby("model")["count"].sum() == 80).all()
 
@@ -207,7 +208,8 @@ def test_write_plots_survives_an_absent_class_and_needs_the_ensemble(tmp_path):
     y = np.array([0, 1] * 10)  # class "c" absent from the holdout
     proba = random_proba(20, 3, y, 2.0, seed=8)
     written = write_plots(y, {"ensemble": proba}, ["a", "b", "c"], tmp_path, ece_bins=5)
-    assert len(written) == 6
+    assert len(written) == 11  # no OOF or meta-learner given: no diversity.png, no meta_weights.png
+    assert set(pd.read_csv(tmp_path / "pr.csv")["class"]) == {"a", "b"}
     assert set(pd.read_csv(tmp_path / "roc.csv")["model"]) == {"ensemble:a", "ensemble:b"}
     with pytest.raises(ValueError, match="needs the meta-learner under 'ensemble'"):
         write_plots(y, {"tfidf_lr": proba}, ["a", "b", "c"], tmp_path)
