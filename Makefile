@@ -63,10 +63,10 @@ data/demo/reviews.csv: | venv
 demo-data: data/demo/reviews.csv
 
 # The main pipeline as a Prefect flow on the embedded server (state in .prefect/): validate, folds, every
-# (model x fold) in parallel, OOF, stack, evaluate, bundle, register (gate), version (dvc commit + push).
+# (model x fold) in parallel, OOF, stack, evaluate, bundle, register (gate), version (dvc commit + push);
+# it ends with a summary: the leaderboard, the bundle, the registry decision and what to run next.
 run: venv data/demo/reviews.csv
-	PREFECT_LOGGING_LEVEL=INFO $(PY) -m flows.train --params params.yaml
-	@cat artifacts/eval/leaderboard.md
+	PREFECT_LOGGING_LEVEL=INFO $(PY) -m flows.train --params params.yaml --no-json
 
 test: venv
 	$(PIP) check
