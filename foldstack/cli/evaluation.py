@@ -3,6 +3,7 @@ through `register(app)`)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,8 +37,10 @@ def parse_fractions(text: str | None) -> list[float] | None:
 def _log_point(event: str, info: dict[str, Any]) -> None:
     if event == "learning_curve_point":
         source = "reused the pipeline's artifacts" if info["reused"] else f"{info['seconds']:.1f}s"
-        console.log(f"fraction {info['fraction']:g}: {info['rows']} training rows, ensemble log loss "
-                    f"{info['ensemble_log_loss']:.4f}, accuracy {info['ensemble_accuracy']:.4f} ({source})")
+        # One line however narrow the terminal: the time, the rows, the ensemble's holdout scores.
+        console.print(f"{datetime.now():%H:%M:%S} fraction {info['fraction']:g}: {info['rows']} training rows, "
+                      f"ensemble log loss {info['ensemble_log_loss']:.4f}, accuracy {info['ensemble_accuracy']:.4f} "
+                      f"({source})", highlight=False, soft_wrap=True)
 
 
 def curve_table(rows: list[dict[str, Any]], best: str) -> Table:
@@ -64,7 +67,8 @@ def learning_curve(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt =
     cfg = load_config(params, set_ or [])
     summary = write_learning_curve(cfg, parse_fractions(fractions), report=_log_point)
     out.print(curve_table(summary["rows"], summary["best_base"]))
-    out.print(f"learning curve: [bold]{learning_curve_dir(cfg)}[/bold] (learning_curve.csv, .json, .png)")
+    out.print(f"learning curve: [bold]{learning_curve_dir(cfg)}[/bold] (learning_curve.csv, .json, .png)",
+              soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

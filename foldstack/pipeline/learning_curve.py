@@ -68,7 +68,7 @@ def check_fractions(fractions: list[float]) -> list[float]:
     try:
         return EvaluateConfig(learning_curve_fractions=fractions).learning_curve_fractions
     except ValidationError as exc:
-        raise ConfigError(f"learning curve: {describe_errors(exc)}") from None
+        raise ConfigError(f"learning curve: {describe_errors(exc).removeprefix('learning_curve_fractions: ')}") from None
 
 
 # ------------------------------------------------------------------------------------------ the rows
