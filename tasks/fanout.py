@@ -58,6 +58,15 @@ class BaseModelRuns:
     causes: dict[str, str] = field(default_factory=dict)  # failed task label -> its exception, one line
     fit_seconds: dict[str, float] = field(default_factory=dict)
 
+    def per_model_lines(self, cfg: Config) -> list[str]:
+        """`<model>: N fold tasks trained (fit S s), M reused`, for each base model in params order."""
+        def count(labels: list[str], model: str) -> int:
+            return sum(1 for t in self.states if t.model == model and t.label in labels)
+
+        return [f"{spec.name}: {count(self.trained, spec.name)} fold tasks trained "
+                f"(fit {self.fit_seconds.get(spec.name, 0.0):.1f}s), {count(self.reused, spec.name)} reused"
+                for spec in cfg.base_models]
+
     def of_model(self, model: str) -> list[State]:
         return [state for t, state in self.states.items() if t.model == model]
 
@@ -119,4 +128,6 @@ def train_base_models(cfg: Config, data: PrefectFuture, folds: PrefectFuture) ->
                          f"{first}: {runs.causes[first]}. The other folds are kept: fix that, then rerun to train "
                          f"only the failed ones")
     logger.info("base models: %d fold tasks trained, %d reused", len(runs.trained), len(runs.reused))
+    for line in runs.per_model_lines(cfg):  # one line per base model; each fold's own lines are in its task log
+        logger.info("%s", line)
     return runs

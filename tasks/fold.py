@@ -122,9 +122,25 @@ def skipped_state(label: str, identity: str) -> State:
                      data={"task": label, "identity": identity, "skipped": True, "seconds": 0.0})
 
 
+RESUMED = "(resumed)"  # the task run name's mark of a fold finished before (its state: `Skipped`)
+
+
+def fold_task_run_name(parameters: dict[str, Any]) -> str:
+    """`train <model> r<repeat>-k<fold>`, marked `(resumed)` when that fold is already finished with the same
+    identity, so that the Prefect UI's run list tells reused folds from trained ones by name as well as state.
+    Prefect names the task run as it starts, from its parameters (a cheap check of the fold's files)."""
+    model, repeat, fold = parameters["model"], parameters["repeat"], parameters["fold"]
+    name = f"train {model} r{repeat}-k{fold}"
+    try:
+        done = stages.fold_task_done(parameters["cfg"], stages.FoldTask(model, repeat, fold, parameters["identity"]))
+    except Exception:  # a name must never fail the task: the task itself checks again and reports
+        done = False
+    return f"{name} {RESUMED}" if done else name
+
+
 # No retries: a fit that failed on the same data, params and code fails again; a crashed worker process
 # is reported as such and the rerun resumes from the folds that did finish.
-@task(name="train-fold", task_run_name="train {model} r{repeat}-k{fold}", cache_policy=NONE)
+@task(name="train-fold", task_run_name=fold_task_run_name, cache_policy=NONE)
 def train_fold(cfg: Config, model: str, repeat: int, fold: int, identity: str,
                placement: Placement) -> dict[str, Any] | State:
     """Fit `model` on the training part of (repeat, fold); predict its validation part and the holdout."""

@@ -11,6 +11,9 @@ Modes (`tracking.mode` in params.yaml, resolved by `resolve_mode`):
 - `disabled`: nothing is written (tests). `WANDB_MODE=disabled` in the environment always wins.
 `auto` picks online when credentials are present, else offline (or what `WANDB_MODE` says). An online run
 that cannot reach W&B falls back to offline with a warning: a network failure never loses the run.
+
+Each run is named `<job type>-<data hash>-<MMDD-HHMM>` and tagged with the model's name, `meta:<kind>` and, in a
+Prefect flow run, `prefect:<flow run id>`; the flow run (id, name, UI page) is in its config under `prefect`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import multiprocessing
 import netrc
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -124,6 +129,41 @@ def fold_metrics(cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
+def prefect_flow_run() -> dict[str, str]:
+    """The Prefect flow run this process is in (id, name, its UI page when the server has a UI); {} outside
+    one. Prefect is only asked when something here imported it already: outside a flow it is not loaded."""
+    if "prefect" not in sys.modules:
+        return {}
+    try:
+        from prefect.runtime import flow_run
+        from prefect.settings import get_current_settings
+
+        run_id = flow_run.get_id()
+        ui_url = (get_current_settings().ui_url or "").rstrip("/")
+    except Exception:  # no context, or a Prefect without these: the run is simply not linked
+        return {}
+    if not run_id:
+        return {}
+    info = {"flow_run_id": str(run_id), "flow_run_name": str(flow_run.get_name() or "")}
+    if ui_url:
+        info["flow_run_url"] = f"{ui_url}/runs/flow-run/{run_id}"
+    return info
+
+
+def run_name(job_type: str, data_hash: str | None, now: datetime | None = None) -> str:
+    """`<job type>-<data hash, 8>-<MMDD-HHMM>`: which data, and when, readable in W&B's run list."""
+    stamp = (now or datetime.now()).strftime("%m%d-%H%M")
+    return "-".join(part for part in (job_type, (data_hash or "")[:8], stamp) if part)
+
+
+def run_tags(cfg: Config, prefect: Mapping[str, str]) -> list[str]:
+    """The model's name, the meta-learner kind and the Prefect flow run (when there is one)."""
+    tags = [cfg.registry.model_name, f"meta:{cfg.meta.kind}"]
+    if prefect.get("flow_run_id"):
+        tags.append(f"prefect:{prefect['flow_run_id']}")
+    return [tag[:64] for tag in tags]  # W&B's limit per tag
+
+
 def _finite_scalars(values: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
@@ -145,6 +185,7 @@ class Tracker:
         self.mode = resolve_mode(cfg.tracking, environ)
         self.run: Any = None
         self.provenance: dict[str, Any] = {}
+        self.tags: list[str] = []
 
     # -- lifecycle
     @property
@@ -184,7 +225,11 @@ class Tracker:
             self.mode = "disabled"
             return self
         self.provenance = self._provenance()
-        config = {**self.cfg.model_dump(mode="json"), "provenance": self.provenance}
+        prefect = prefect_flow_run()
+        config = {**self.cfg.model_dump(mode="json"), "provenance": self.provenance,
+                  **({"prefect": prefect} if prefect else {})}
+        self.run_name = self.run_name or run_name(self.job_type, self.provenance.get("data_hash"))
+        self.tags = run_tags(self.cfg, prefect)
         try:
             self.run = self._init(self.mode, config)
         except Exception as exc:  # wandb raises several types (CommError, UsageError, TimeoutError) when offline
@@ -208,7 +253,7 @@ class Tracker:
         )
         return wandb.init(project=self.cfg.tracking.project, entity=self.cfg.tracking.entity,
                           dir=str(self.directory), mode=mode, job_type=self.job_type, name=self.run_name,
-                          config=config, settings=settings, reinit="create_new")
+                          tags=self.tags, config=config, settings=settings, reinit="create_new")
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is None:
