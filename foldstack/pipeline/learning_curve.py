@@ -37,7 +37,7 @@ from foldstack.core import crossfit
 from foldstack.core.data import Snapshot
 from foldstack.core.folds import assign_folds
 from foldstack.core.metrics import classification_report
-from foldstack.errors import ConfigError, DataError
+from foldstack.errors import ConfigError, DataError, FoldstackError
 from foldstack.pipeline.base_models import load_base_predictions
 from foldstack.pipeline.identities import fold_task_done, plan_fold_tasks
 from foldstack.pipeline.layout import Layout, Reporter, load_snapshot, log_report
@@ -169,7 +169,7 @@ def pipeline_probas(cfg: Config) -> dict[str, np.ndarray] | None:
     layout = Layout.of(cfg)
     try:
         tasks = plan_fold_tasks(cfg)
-    except (OSError, ValueError, DataError, KeyError):
+    except (OSError, ValueError, KeyError, FoldstackError):  # no folds box yet, an unreadable task file
         return None
     names = [spec.name for spec in cfg.base_models]
     stack_done = is_complete(layout.stack) and (layout.stack / "holdout_proba.npy").is_file()
