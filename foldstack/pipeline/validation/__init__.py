@@ -14,8 +14,8 @@ Every suite is rebuilt from params on each run and saved into the file-mode cont
 `validation.context_dir` (default `gx/`) only when it changed, so the committed suite files stay stable.
 Validation results (the history) and the Data Docs site live under `gx/uncommitted/`; after each run only the
 newest `validation.keep_history` results of each suite are kept (with their Data Docs pages), so that scheduled
-retraining does not grow the history forever. Data Docs pages load their styling, scripts and a logo from
-public CDNs: opened offline they show unstyled, still readable tables.
+retraining does not grow the history forever. Data Docs pages are cleaned of their CDN scripts and styles after
+each build (`context.py`): plain, inline-styled pages that open offline.
 The gate therefore also writes a plain summary, `reports/validation.md`, beside the machine-readable
 `reports/validation.json`; both are written on every run, passed or failed.
 
