@@ -1,8 +1,8 @@
 """Distillation benchmark (issue 16): does one fast student, trained on the stacked ensemble's honest soft targets,
 keep the ensemble's gain over its best base model while answering much faster?
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python bench/distill.py           # full run (see the estimate below)
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python bench/distill.py --quick   # smoke run on a subsample
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python bench/distill.py           # full run, ~40 min on 2 idle cores
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python bench/distill.py --quick   # smoke run, ~3 min per data set
     ... bench/distill.py --with-finetune      # also a `finetune` student (slow on CPU; off by default)
 
 For each data set (`<data-root>/<name>/all.csv`, columns text,label — read in place, never copied):
@@ -24,7 +24,8 @@ For each data set (`<data-root>/<name>/all.csv`, columns text,label — read in 
    taken from the ensemble bundle) for 1 and for 32 holdout texts (one warm-up call,
    then 30 timed calls, each on different texts so no per-batch memo can answer), the bundle's size on disk,
    the size of the embedding model it reads from an installed package (not in the bundle), the RSS increase
-   of loading it and predicting once (a fresh subprocess, after foldstack.bundle's own imports), and the share
+   of loading it and predicting once (a fresh subprocess, after the imports of foldstack.bundle, this script and
+   the model registry), and the share
    of the ensemble's log-loss gain over the best base model that the student keeps:
    (LL_best_base - LL_student) / (LL_best_base - LL_ensemble);
 4. a verdict: does one CPU student configuration (tfidf_lr or embed_lr; soft or soft + aug) beat the same kind
@@ -86,7 +87,7 @@ CPU_STUDENTS: tuple[tuple[str, dict[str, Any]], ...] = (
 FINETUNE_STUDENT = ("finetune", {"model": EMBEDDING_MODEL})
 CANDIDATE_VARIANTS = ("soft", "soft+aug")  # what the verdict may pick; "hard" is what they must beat
 
-# Run in a fresh interpreter: RSS after the imports (foldstack.bundle: numpy, scikit-learn, torch; this module),
+# Run in a fresh interpreter: RSS after the imports (foldstack.bundle and this module: numpy, scikit-learn's base),
 # after the model registry's imports (the same for every bundle), then after loading the predictor + one
 # prediction. Prints one JSON line.
 RSS_PROBE = r"""
@@ -327,9 +328,10 @@ def run_dataset(name: str, data_root: Path, work_root: Path, *, max_rows: int | 
     started = time.perf_counter()
     print(f"[{name}] measure the ensemble bundle and the best base model's members in it", flush=True)
     rss = measure(ensemble, pipeline.bundle, holdout_texts)
-    result.notes.append(f"RSS of a fresh interpreter: {rss['imports']:.0f} MiB after importing foldstack.bundle "
-                        f"(numpy, scikit-learn, torch), {rss['registry']:.0f} MiB after the model registry's "
-                        "imports (every built-in kind; paid by any bundle); `RSS + MiB` is counted from there")
+    result.notes.append(f"RSS of the probe's fresh interpreter: {rss['imports']:.0f} MiB after importing "
+                        "foldstack.bundle and this script (numpy, pandas, scikit-learn's base), "
+                        f"{rss['registry']:.0f} MiB after the model registry's imports (every built-in kind; "
+                        "paid by any bundle); `RSS + MiB` is counted from there")
     best = result.best_base
     measure(best, pipeline.bundle, holdout_texts, base=best.model)
     result.timings["measure ensemble + best base"] = time.perf_counter() - started
@@ -511,7 +513,8 @@ def write_markdown(results: list[DatasetResult], output: Path, command: str, sta
         "- Size: `bundle MiB` is the sum of the bundle's files; embed_lr keeps only its regression in the bundle "
         "and reads its encoder from an installed package (`+ packaged encoder MiB`, counted once per bundle). A "
         "finetune student carries its transformer inside the bundle.",
-        "- Memory: a fresh interpreter imports foldstack.bundle (numpy, scikit-learn, torch) and the model "
+        "- Memory: a fresh interpreter imports foldstack.bundle and this script (numpy, scikit-learn's base) "
+        "and the model "
         "registry (every built-in kind's module, which any bundle load imports), reads VmRSS, loads the bundle "
         "and predicts one text, reads VmRSS again: `RSS + MiB` is the difference (the model itself, its encoder "
         "and what that imports on first use), `RSS total MiB` the whole process after it. What the libraries "
