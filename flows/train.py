@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
 import sys
 import time
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,6 +40,43 @@ DESCRIPTION = ("Train the stacked ensemble of params.yaml (overrides: `key.path=
                "ends with the leaderboard, the bundle and what to do next.")
 LEADERBOARD_COLUMNS = ("model", "role", "accuracy", "macro_f1", "log_loss", "roc_auc", "ece")
 REPORT_HTML = Path("eval") / "report.html"  # under runtime.artifacts_dir, when the evaluate stage wrote it
+RUN_LOG_DIR = Path(".foldstack") / "logs"  # in the working directory (git-ignored): run logs and tracebacks
+FOLD_TASK = "train-fold"  # the fold tasks' name (tasks/fold.py): their INFO lines stay off the terminal
+
+
+# ------------------------------------------------------------------------------------------ the log
+class _FoldDetails(logging.Filter):
+    """Keeps each fold task's INFO lines (fitting, trained, its final state) off the terminal: the flow logs
+    one line per base model instead; the task's own lines stay in the Prefect UI and the run's log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or getattr(record, "task_name", None) != FOLD_TASK
+
+
+def route_flow_log(verbose: bool) -> Path | None:
+    """After Prefect set up its logging: fold-task details off its console unless `verbose`, and every INFO
+    line into .foldstack/logs/flow-<time>.log; returns that file (None if it cannot be written)."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler" and not verbose:
+            handler.addFilter(_FoldDetails())
+    path = Path.cwd() / RUN_LOG_DIR / f"flow-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return None
+    file_handler.setFormatter(_RunFormatter("%(asctime)s %(levelname)s %(run)s: %(message)s"))
+    root.addHandler(file_handler)
+    return path
+
+
+class _RunFormatter(logging.Formatter):
+    """Names the task or flow run a line comes from (Prefect's records carry it), else the logger."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.run = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None) or record.name
+        return super().format(record)
 
 
 # ------------------------------------------------------------------------------------------ the summary
@@ -159,6 +199,8 @@ def train(
     as_json: Annotated[bool | None, typer.Option("--json/--no-json", help="print the flow's result as JSON on "
                                                  "stdout (the summary on stderr) \\[default: when stdout is not "
                                                  "a terminal]")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show each fold task's lines (always in "
+                                          "the Prefect UI and .foldstack/logs/)")] = False,
 ) -> None:
     # --help exits before this body: before any server starts.
     as_json = not sys.stdout.isatty() if as_json is None else as_json
@@ -167,6 +209,7 @@ def train(
     from flows.train_ensemble import train_ensemble  # deferred: prefect (imported while the server starts)
 
     skip_final_garbage_collection()
+    log_file = route_flow_log(verbose)
     started = time.time()
     try:
         cfg = load_config(params, set_ or [])
@@ -180,6 +223,8 @@ def train(
     summary = run_summary(cfg, bundle=result["bundle"], trained=result["trained"], reused=result["reused"],
                           registry=registry_line(cfg, started), flow=True,
                           run_url=flow_run_url(state.state_details.flow_run_id))
+    if log_file is not None:
+        summary.next_steps.append(f"less {log_file}   # this run's full log")
     summary.print(Console(stderr=as_json))
     if as_json:
         print(json.dumps(result, indent=2, default=str))

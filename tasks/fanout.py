@@ -59,13 +59,16 @@ class BaseModelRuns:
     fit_seconds: dict[str, float] = field(default_factory=dict)
 
     def per_model_lines(self, cfg: Config) -> list[str]:
-        """`<model>: N fold tasks trained (fit S s), M reused`, for each base model in params order."""
+        """`<model>: N fold tasks trained (fit S s), M reused` (either part left out at 0), in params order."""
         def count(labels: list[str], model: str) -> int:
             return sum(1 for t in self.states if t.model == model and t.label in labels)
 
-        return [f"{spec.name}: {count(self.trained, spec.name)} fold tasks trained "
-                f"(fit {self.fit_seconds.get(spec.name, 0.0):.1f}s), {count(self.reused, spec.name)} reused"
-                for spec in cfg.base_models]
+        lines = []
+        for spec in cfg.base_models:
+            trained, reused = count(self.trained, spec.name), count(self.reused, spec.name)
+            done = [f"{trained} fold tasks trained (fit {self.fit_seconds.get(spec.name, 0.0):.1f}s)"] if trained else []
+            lines.append(f"{spec.name}: " + ", ".join(done + ([f"{reused} reused"] if reused or not trained else [])))
+        return lines
 
     def of_model(self, model: str) -> list[State]:
         return [state for t, state in self.states.items() if t.model == model]
