@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-LOG_DIR = Path(".foldstack") / "logs"  # in the working directory (git-ignored): run logs and tracebacks
+from flows.train import RUN_LOG_DIR as LOG_DIR  # in the working directory: run logs, tracebacks
 
 
 class ProgressReporter:
