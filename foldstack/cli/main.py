@@ -283,7 +283,7 @@ def stage_register(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt =
 
 
 # Command groups that live beside their edge (Prefect, registry, validation); each has register(app).
-_EXTENSIONS = ("foldstack.cli.prefect", "foldstack.cli.registry", "foldstack.cli.data")
+_EXTENSIONS = ("foldstack.cli.prefect", "foldstack.cli.registry", "foldstack.cli.data", "foldstack.cli.evaluation")
 
 
 def _register_extensions() -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from foldstack.bundle import write_manifest
+from foldstack.bundle.model_card import write_model_card
 from foldstack.common.files import atomic_directory, derive_seed, load_array, save_array, write_json
 from foldstack.config import Config
 from foldstack.config.meta import WeightedMeanMetaConfig
@@ -116,14 +117,14 @@ def distill(cfg: Config) -> dict[str, Any]:
                "augment": d.augment.model_dump(mode="json"), "rows": int(len(y)), "augmented_rows": n_augmented,
                "seconds": round(time.perf_counter() - started, 3), "metrics": metrics}
     with atomic_directory(layout.student) as tmp:
-        _write_student_bundle(cfg, tmp / "bundle", student, metrics, summary)
+        _write_student_bundle(cfg, tmp / "bundle", student, report, summary)
         save_array(tmp / "holdout_proba.npy", holdout_proba)
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "summary.json", summary)
     return summary
 
 
-def _write_student_bundle(cfg: Config, directory: Path, student: Any, metrics: dict[str, Any],
+def _write_student_bundle(cfg: Config, directory: Path, student: Any, report: dict[str, Any],
                           summary: dict[str, Any]) -> None:
     """The student as a bundle of the ensemble's format: one base model under a one-model mean (the identity), so
     loading, verification, serving and the registry treat it like any bundle."""
@@ -135,12 +136,15 @@ def _write_student_bundle(cfg: Config, directory: Path, student: Any, metrics: d
     identity.fit([holdout], np.asarray([0]))  # the uniform mean learns nothing but the number of models: one
     (directory / "meta").mkdir(parents=True)
     identity.save(directory / "meta")
+    entry = {"name": STUDENT_NAME, "kind": cfg.distill.student.kind, "params": cfg.distill.student.params,
+             "members": [STUDENT_MEMBER], "combine": "distilled student"}
+    write_model_card(directory, data={"path": cfg.data.path, **snapshot.summary()}, reports={STUDENT_NAME: report},
+                     base_models=[entry], meta={"kind": "weighted_mean", "reason": "one model: the mean is the identity"},
+                     model=STUDENT_NAME, title=f"foldstack distilled student ({cfg.distill.student.kind})")
     write_manifest(
         directory, labels=snapshot.label_map.to_json(), params=cfg.model_dump(mode="json"),
-        data_hash=snapshot.data_hash, fold_hash=folds.hash,
-        base_models=[{"name": STUDENT_NAME, "kind": cfg.distill.student.kind, "params": cfg.distill.student.params,
-                      "members": [STUDENT_MEMBER], "combine": "distilled student"}],
+        data_hash=snapshot.data_hash, fold_hash=folds.hash, base_models=[entry],
         meta={"kind": "weighted_mean", "requested": "weighted_mean", "path": "meta"},
-        metrics=metrics, role="student",
+        metrics=summary["metrics"], role="student",
         distill={k: summary[k] for k in ("kind", "alpha", "temperature", "augment", "rows", "augmented_rows")},
     )

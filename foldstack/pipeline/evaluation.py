@@ -18,6 +18,7 @@ from foldstack.core.plots import write_plots
 from foldstack.models.base import check_proba
 from foldstack.pipeline.base_models import load_base_predictions
 from foldstack.pipeline.layout import Layout, load_folds, load_snapshot, require
+from foldstack.pipeline.learning_curve import write_learning_curve
 from foldstack.pipeline.report import write_report
 
 log = logging.getLogger("foldstack")
@@ -107,6 +108,8 @@ def evaluate(cfg: Config) -> dict[str, Any]:
                         cfg.evaluate.ece_bins, seed=cfg.seed, meta=load_meta(layout.stack / "meta"),
                         oof=(snapshot.train["label"].to_numpy(), dict(zip(names, oofs, strict=True))))
         write_report(cfg, tmp, board.to_dict(orient="records"), diagnosis)  # eval/report.html, after the plots
+    if cfg.evaluate.learning_curve:  # after the box: evaluate replaces the whole of eval/, the curve included
+        write_learning_curve(cfg)
     return {"metrics": flat, "leaderboard": board.to_dict(orient="records"), "leakage": diagnosis,
             "meta": {k: stacked.get(k) for k in ("kind", "requested", "reason")}}
 

@@ -184,8 +184,10 @@ def push_to_wandb(cfg: Config, tracker: Tracker, outcome: Mapping[str, Any], bun
                  artifact_name=reference["name"], qualified_name=reference["qualified_name"], aliases=link_aliases,
                  status=status, error=error)
     if status == "pending":
-        log.warning("the W&B registry link of %s to %s is pending (%s); run `foldstack registry sync` once "
-                    "online", version or "the bundle", links.target, error)
+        # Offline the link is expected to wait (nothing to act on now); an online link that failed is a warning.
+        log.log(logging.INFO if tracker.mode == "offline" else logging.WARNING,
+                "the W&B registry link of %s to %s is pending (%s); run `foldstack registry sync` once online",
+                version or "the bundle", links.target, error)
     result.update(status=status, error=error)
     return result
 

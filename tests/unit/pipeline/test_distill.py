@@ -88,6 +88,8 @@ def test_the_student_bundle_round_trips_and_is_scored_beside_the_ensemble(tmp_pa
     holdout = load_snapshot(cfg).holdout["text"].tolist()
     np.testing.assert_allclose(student.predict_proba(holdout), load_array(layout.student / "holdout_proba.npy"))
     assert student.labels == foldstack.load(layout.bundle).labels
+    card = (layout.student / "bundle" / "MODEL_CARD.md").read_text()
+    assert "MODEL_CARD.md" in student.manifest["files"] and "distilled student" in card
     assert {"student.accuracy", "student.log_loss"} <= set(result.metrics)
     assert result.metrics["student.log_loss"] == pytest.approx(summary["metrics"]["log_loss"])
     assert "student" in {row["model"] for row in result.leaderboard}
