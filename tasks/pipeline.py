@@ -140,7 +140,10 @@ def reuse_if_fresh(cfg: Config, stage: str, dvc_fresh: Collection[str]) -> State
 def validate_data(cfg: Config, dvc_fresh: Collection[str] = ()) -> dict[str, Any] | State:
     """The data gate, then the snapshot (train/holdout split, label map, data hash)."""
     reused = reuse_if_fresh(cfg, "validate", dvc_fresh)
-    return reused if reused is not None else stages.validate(cfg)
+    if reused is not None:
+        return reused
+    get_run_logger().info(f"validating {cfg.data.path} (the data gate, then the snapshot)")
+    return stages.validate(cfg)
 
 
 @task(name="make-folds", cache_policy=NONE)
@@ -168,14 +171,20 @@ def fit_meta(cfg: Config, dvc_fresh: Collection[str] = ()) -> dict[str, Any] | S
 def distill(cfg: Config, dvc_fresh: Collection[str] = ()) -> dict[str, Any] | State:
     """The distilled student on the ensemble's honest soft targets (distill.enabled; else a marker only)."""
     reused = reuse_if_fresh(cfg, "distill", dvc_fresh)
-    return reused if reused is not None else stages.distill(cfg)
+    if reused is not None or not cfg.distill.enabled:
+        return reused if reused is not None else stages.distill(cfg)
+    get_run_logger().info(f"distilling the ensemble into a {cfg.distill.student.kind} student")
+    return stages.distill(cfg)
 
 
 @task(name="evaluate", cache_policy=NONE)
 def evaluate(cfg: Config, dvc_fresh: Collection[str] = ()) -> dict[str, Any] | State:
     """Holdout metrics of every base model, baseline and the ensemble; leaderboard and plots."""
     reused = reuse_if_fresh(cfg, "evaluate", dvc_fresh)
-    return reused if reused is not None else stages.evaluate(cfg)
+    if reused is not None:
+        return reused
+    get_run_logger().info(f"evaluating every model on the holdout (metrics, plots, report)")
+    return stages.evaluate(cfg)
 
 
 @task(name="bundle", cache_policy=NONE)
