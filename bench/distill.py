@@ -35,7 +35,6 @@ For each data set (`<data-root>/<name>/all.csv`, columns text,label — read in 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -65,7 +64,11 @@ from bench.quality import (  # noqa: E402
     StageClock,
     _kept_reading,
     _load_average,
+    bench_command,
     bench_params,
+    data_set_parser,
+    fresh_project,
+    results_path,
     warm_embedding_cache,
 )
 
@@ -285,24 +288,15 @@ def run_dataset(name: str, data_root: Path, work_root: Path, *, max_rows: int | 
                 verbose: bool) -> DatasetResult:
     from foldstack.config import config_from_dict
     from foldstack.pipeline.distill import distill
-    from foldstack.pipeline.stages import Layout, load_snapshot, make_folds, run_pipeline, validate
+    from foldstack.pipeline.stages import Layout, run_pipeline
 
-    data_path = data_root / name / "all.csv"
-    if not data_path.is_file():
-        raise SystemExit(f"{data_path}: data set {name!r} not found (expected <data-root>/{name}/all.csv)")
-    work_dir = work_root / name
-    cache_dir = work_dir / "cache"
-    if work_dir.exists():  # a fresh run: no resumed fold task, no warm cache from an earlier run
-        shutil.rmtree(work_dir)
-    params = bench_params(data_path, work_dir, cache_dir, k=K, max_rows=max_rows, meta_kind="auto")
-    cfg = config_from_dict(params, root=REPO_ROOT, source=f"bench params ({name})")
+    cfg, snapshot, load_at_start = fresh_project(name, data_root, work_root, k=K, max_rows=max_rows,
+                                                 meta_kind="auto")
     layout = Layout.of(cfg)
-
-    print(f"[{name}] validate + folds, then warm the embedding cache", flush=True)
-    load_at_start = _load_average()
-    validate(cfg)
-    make_folds(cfg)
-    snapshot = load_snapshot(cfg)
+    work_dir, cache_dir = work_root / name, cfg.resolve_path(cfg.runtime.cache_dir)
+    # The same params dict fresh_project validated: each student variant changes only its distill section.
+    params = bench_params(data_root / name / "all.csv", work_dir, work_dir / "cache", k=K, max_rows=max_rows,
+                          meta_kind="auto")
     result = DatasetResult(name, len(snapshot.train), len(snapshot.holdout), snapshot.n_classes, load_at_start)
     embed_seconds, n_embedded = warm_embedding_cache(snapshot, cache_dir)
     result.timings["embedding warm-up (cold cache)"] = embed_seconds
@@ -567,24 +561,11 @@ def write_markdown(results: list[DatasetResult], output: Path, command: str, sta
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: a seeded sample of {QUICK_ROWS} rows of each data set (data.max_rows)")
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
-    parser.add_argument("--data-root", type=Path, default=REPO_ROOT.parent / "shared" / "data",
-                        help="folder holding <name>/all.csv (default: ../shared/data)")
-    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "bench" / ".work" / "distill",
-                        help="artifacts and caches (git-ignored; each data set's folder is wiped first)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="results file (default: bench/results/distill.md; --quick: <work-dir>/distill-quick.md)")
+    parser = data_set_parser(__doc__, "distill", REPO_ROOT / "bench" / ".work" / "distill")
     parser.add_argument("--with-finetune", action="store_true",
                         help="also a finetune student (all-MiniLM-L6-v2), in the same three variants; slow on CPU")
-    parser.add_argument("--quiet", action="store_true", help="no per-fold progress lines")
     args = parser.parse_args(argv)
-    # A smoke run must not overwrite the committed results.
-    output = args.output or (args.work_dir / "distill-quick.md" if args.quick else
-                             REPO_ROOT / "bench" / "results" / "distill.md")
+    output = results_path(args, "distill")
     max_rows = QUICK_ROWS if args.quick else None
     students = list(CPU_STUDENTS) + ([FINETUNE_STUDENT] if args.with_finetune else [])
     kinds = [kind for kind, _ in students]
@@ -602,8 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         print(timings_table(result))
     table, sentence = verdict(results, kinds)
     print("\n" + table + "\n\n" + sentence)
-    command = "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python bench/distill.py" + (
-        " " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    command = bench_command("bench/distill.py", argv)
     load_range = " / ".join([r.load_at_start for r in results] + [_load_average()])
     libraries = library_rss()
     write_markdown(results, output, command, started_at, total, args.quick, args.with_finetune, kinds, load_range,

@@ -252,31 +252,41 @@ def _load_average() -> str:
         return "unknown"
 
 
+def fresh_project(name: str, data_root: Path, work_root: Path, *, k: int, max_rows: int | None,
+                  meta_kind: str = "logreg") -> tuple[Any, Any, str]:
+    """A fresh work folder for data set `name` (nothing resumed, no warm cache), validated and folded:
+    (the config, the snapshot, the load average at the start). Shared by bench/quality.py and bench/distill.py."""
+    from foldstack.config import config_from_dict
+    from foldstack.pipeline.stages import load_snapshot, make_folds, validate
+
+    data_path = data_root / name / "all.csv"
+    if not data_path.is_file():
+        raise SystemExit(f"{data_path}: data set {name!r} not found (expected <data-root>/{name}/all.csv)")
+    work_dir = work_root / name
+    if work_dir.exists():  # a fresh run: no resumed fold task, no warm cache from an earlier run
+        shutil.rmtree(work_dir)
+    params = bench_params(data_path, work_dir, work_dir / "cache", k=k, max_rows=max_rows, meta_kind=meta_kind)
+    cfg = config_from_dict(params, root=REPO_ROOT, source=f"bench params ({name})")
+    print(f"[{name}] validate + folds, then warm the embedding cache", flush=True)
+    load_at_start = _load_average()
+    validate(cfg)
+    make_folds(cfg)
+    return cfg, load_snapshot(cfg), load_at_start
+
+
 def run_dataset(name: str, data_root: Path, work_root: Path, *, k: int, max_rows: int | None,
                 verbose: bool) -> DatasetResult:
     from foldstack.config import MetaConfig, config_from_dict
     from foldstack.common.files import derive_seed
     from foldstack.core.meta import make_meta
     from foldstack.core.metrics import classification_report
-    from foldstack.pipeline.stages import (Layout, holdout_reports, load_base_predictions, load_snapshot, make_folds,
-                                  run_pipeline, stack, validate)
+    from foldstack.pipeline.stages import Layout, holdout_reports, load_base_predictions, run_pipeline, stack
 
-    data_path = data_root / name / "all.csv"
-    if not data_path.is_file():
-        raise SystemExit(f"{data_path}: data set {name!r} not found (expected <data-root>/{name}/all.csv)")
-    work_dir = work_root / name
-    cache_dir = work_dir / "cache"
-    if work_dir.exists():  # a fresh run: no resumed fold task, no warm cache from an earlier run
-        shutil.rmtree(work_dir)
-    params = bench_params(data_path, work_dir, cache_dir, k=k, max_rows=max_rows)
-    cfg = config_from_dict(params, root=REPO_ROOT, source=f"bench params ({name})")
+    cfg, snapshot, load_at_start = fresh_project(name, data_root, work_root, k=k, max_rows=max_rows)
     layout = Layout.of(cfg)
-
-    print(f"[{name}] validate + folds, then warm the embedding cache", flush=True)
-    load_at_start = _load_average()
-    validate(cfg)
-    make_folds(cfg)
-    snapshot = load_snapshot(cfg)
+    cache_dir = cfg.resolve_path(cfg.runtime.cache_dir)
+    # The params dict fresh_project validated, for the stack stage's second meta kind below.
+    params = bench_params(data_root / name / "all.csv", work_root / name, cache_dir, k=k, max_rows=max_rows)
     result = DatasetResult(name, len(snapshot.train), len(snapshot.holdout), snapshot.n_classes, load_at_start)
     embed_seconds, n_embedded = warm_embedding_cache(snapshot, cache_dir)
     result.timings["embedding warm-up (cold cache)"] = embed_seconds
@@ -477,23 +487,40 @@ def write_markdown(results: list[DatasetResult], output: Path, command: str, sta
     output.write_text("\n".join(parts))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def data_set_parser(doc: str, results_name: str, work_dir: Path) -> argparse.ArgumentParser:
+    """The options every per-data-set benchmark takes (bench/quality.py, bench/distill.py)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: a seeded sample of {QUICK_ROWS} rows of each data set (data.max_rows)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     parser.add_argument("--data-root", type=Path, default=REPO_ROOT.parent / "shared" / "data",
                         help="folder holding <name>/all.csv (default: ../shared/data)")
-    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "bench" / ".work",
+    parser.add_argument("--work-dir", type=Path, default=work_dir,
                         help="artifacts and caches (git-ignored; each data set's folder is wiped first)")
     parser.add_argument("--output", type=Path, default=None,
-                        help="results file (default: bench/results/quality.md; --quick: <work-dir>/quality-quick.md)")
+                        help=f"results file (default: bench/results/{results_name}.md; "
+                             f"--quick: <work-dir>/{results_name}-quick.md)")
     parser.add_argument("--quiet", action="store_true", help="no per-fold progress lines")
+    return parser
+
+
+def results_path(args: argparse.Namespace, results_name: str) -> Path:
+    """Where the results go; a smoke run never overwrites the committed ones."""
+    return args.output or (args.work_dir / f"{results_name}-quick.md" if args.quick else
+                           REPO_ROOT / "bench" / "results" / f"{results_name}.md")
+
+
+def bench_command(script: str, argv: list[str] | None) -> str:
+    """The command line that reproduces this run, for the results file."""
+    return (f"OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python {script} "
+            + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = data_set_parser(__doc__, "quality", REPO_ROOT / "bench" / ".work")
     args = parser.parse_args(argv)
-    # A smoke run must not overwrite the committed results.
-    output = args.output or (args.work_dir / "quality-quick.md" if args.quick else
-                             REPO_ROOT / "bench" / "results" / "quality.md")
+    output = results_path(args, "quality")
     max_rows = QUICK_ROWS if args.quick else None
 
     started_at = time.strftime("%Y-%m-%d %H:%M %Z")
@@ -508,8 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(timings_table(result))
     print("\n" + verdicts(results))
-    command = "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python bench/quality.py" + (
-        " " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    command = bench_command("bench/quality.py", argv)
     load_range = " / ".join([r.load_at_start for r in results] + [_load_average()])
     write_markdown(results, output, command, started_at, total, args.quick, load_range)
     (args.work_dir / "quality.json").write_text(json.dumps(

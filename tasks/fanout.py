@@ -4,6 +4,7 @@ identity) or failed."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,27 @@ class BaseModelRuns:
         return state
 
 
+class Heartbeat:
+    """A progress line at most every `every_s` seconds while fold tasks run: a long step (a fine-tune, the
+    embeddings of a large set) is never silent on the console, yet the folds are not listed one by one."""
+
+    def __init__(self, every_s: float = 15.0):
+        self.every_s = every_s
+        self.last = time.monotonic()
+
+    def maybe_log(self, logger: Any, runs: BaseModelRuns, plan: list[FoldTask]) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s or len(runs.states) == len(plan):
+            return
+        self.last = now
+        left: dict[str, int] = {}
+        for task_ in plan:
+            if task_ not in runs.states:
+                left[task_.model] = left.get(task_.model, 0) + 1
+        logger.info("fold tasks: %d of %d finished; still running: %s", len(runs.states), len(plan),
+                    ", ".join(f"{model} ({n} left)" for model, n in left.items()))
+
+
 def _failure_cause(state: State) -> str:
     """The exception behind a failed task's state, as one line (the traceback stays in the task's log)."""
     try:
@@ -113,6 +135,7 @@ def train_base_models(cfg: Config, data: PrefectFuture, folds: PrefectFuture) ->
         logger.info("training %d fold tasks on %s", len(plan) - len(done_before), executor.describe())
         runs.futures = {t: executor.submit(t, wait_for=[folds]) for t in plan}
         progress = TrainingProgress(total=len(plan))
+        heartbeat = Heartbeat()
         task_of = {id(f): t for t, f in runs.futures.items()}
         for future in as_completed(list(runs.futures.values())):
             future.wait()
@@ -121,6 +144,7 @@ def train_base_models(cfg: Config, data: PrefectFuture, folds: PrefectFuture) ->
             if not state.is_completed():
                 logger.error("%s: %s (%s)", task_.label, state.name, runs.causes[task_.label])
             progress.advance(skipped=state.name == SKIPPED)
+            heartbeat.maybe_log(logger, runs, plan)
     order = {t.label: i for i, t in enumerate(plan)}  # report in plan order, not in order of completion
     for labels in (runs.trained, runs.reused, runs.failed):
         labels.sort(key=order.__getitem__)
