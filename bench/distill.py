@@ -560,12 +560,70 @@ def write_markdown(results: list[DatasetResult], output: Path, command: str, sta
     output.write_text("\n".join(parts))
 
 
+# ------------------------------------------------------------------------------------------------------------
+# --tune: the tfidf_lr student's alpha x C on the teachers a full run left in the work dir (nothing retrained)
+# ------------------------------------------------------------------------------------------------------------
+TUNE_ALPHAS = (1.0, 0.5, 0.3)
+TUNE_CS = (4.0, 32.0)
+TUNE_START, TUNE_END = "<!-- tune:start -->", "<!-- tune:end -->"
+
+
+def tune_dataset(name: str, data_root: Path, work_root: Path) -> list[list[Any]]:
+    """Rows (alpha, C, accuracy, log loss, best base, ensemble) of tfidf_lr students on a kept teacher."""
+    from foldstack.config import config_from_dict
+    from foldstack.pipeline.distill import distill
+    from foldstack.pipeline.stages import Layout
+
+    work_dir = work_root / name
+    params = bench_params(data_root / name / "all.csv", work_dir, work_dir / "cache", k=K, max_rows=None,
+                          meta_kind="auto")
+    reports_path = Layout.of(config_from_dict(params, root=REPO_ROOT)).eval / "reports.json"
+    if not reports_path.is_file():
+        raise SystemExit(f"{reports_path}: no teacher to tune on; run bench/distill.py (without --tune) first")
+    reports = json.loads(reports_path.read_text())
+    best = min((m for m in reports if m in {spec["name"] for spec in BASE_MODELS}),
+               key=lambda m: reports[m]["log_loss"])
+    rows = []
+    for alpha in TUNE_ALPHAS:
+        for c in TUNE_CS:
+            section = {"enabled": True, "alpha": alpha, "student": {"kind": "tfidf_lr", "params": {"C": c}}}
+            print(f"[{name}] tune: tfidf_lr alpha {alpha} C {c:g}", flush=True)
+            metrics = distill(config_from_dict({**params, "distill": section}, root=REPO_ROOT))["metrics"]
+            rows.append([name, alpha, f"{c:g}", f"{metrics['accuracy']:.4f}", f"{metrics['log_loss']:.4f}",
+                         f"{best} {reports[best]['log_loss']:.4f}", f"{reports['ensemble']['log_loss']:.4f}"])
+    return rows
+
+
+def write_tuning(rows: list[list[Any]], output: Path, command: str) -> None:
+    table = markdown_table(["data set", "alpha", "student C", "accuracy", "log loss", "best base (log loss)",
+                            "ensemble log loss"], rows)
+    text = (f"## Tuning the tfidf_lr student (`{command}`)\n\nThe teachers of the run above, reused (no base "
+            "model retrained); alpha 1.0 is the same kind on hard labels. Soft targets regularise (they are "
+            "never 0 or 1), so the student wants less L2: a larger C.\n\n" + table + "\n")
+    body = output.read_text() if output.is_file() else ""
+    if TUNE_START in body:
+        head, _, rest = body.partition(TUNE_START)
+        body = head + TUNE_START + "\n" + text + TUNE_END + rest.partition(TUNE_END)[2]
+    else:
+        body = body.rstrip("\n") + f"\n\n{TUNE_START}\n{text}{TUNE_END}\n"
+    output.write_text(body)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = data_set_parser(__doc__, "distill", REPO_ROOT / "bench" / ".work" / "distill")
     parser.add_argument("--with-finetune", action="store_true",
                         help="also a finetune student (all-MiniLM-L6-v2), in the same three variants; slow on CPU")
+    parser.add_argument("--tune", action="store_true",
+                        help="only sweep the tfidf_lr student's alpha x C on the teachers a full run left in "
+                             "--work-dir; writes its own section of the results file")
     args = parser.parse_args(argv)
     output = results_path(args, "distill")
+    if args.tune:
+        rows = [row for name in args.datasets for row in tune_dataset(name, args.data_root.resolve(),
+                                                                       args.work_dir.resolve())]
+        write_tuning(rows, output, bench_command("bench/distill.py", argv))
+        print(markdown_table(["data set", "alpha", "C", "accuracy", "log loss", "best base", "ensemble"], rows))
+        return 0
     max_rows = QUICK_ROWS if args.quick else None
     students = list(CPU_STUDENTS) + ([FINETUNE_STUDENT] if args.with_finetune else [])
     kinds = [kind for kind, _ in students]

@@ -2,8 +2,8 @@
 
     distill:
       enabled: true
-      student: {kind: tfidf_lr, params: {}}   # any kind that can fit soft targets
-      alpha: 0.3          # weight of the hard label in each target; the rest is the ensemble's probability
+      student: {kind: tfidf_lr, params: {C: 32}}   # any kind that can fit soft targets
+      alpha: 0.5          # weight of the hard label in each target; the rest is the ensemble's probability
       temperature: 1.0    # < 1 sharpens the ensemble's probabilities, > 1 softens them
       augment: {methods: [word_dropout, span_deletion], copies: 2}   # teacher-labelled perturbed copies
 """
@@ -39,9 +39,15 @@ class AugmentConfig(Section):
     copies: int = Field(2, ge=1, le=20, description="perturbed copies of each training text")
 
 
+# The defaults are bench/results/distill.md's tuning: soft targets are never 0 or 1, so they regularise the
+# student already and it wants less L2 than on hard labels (tfidf_lr C 32 rather than its own default 4); alpha
+# 0.5 gave the lowest holdout log loss on rt_polarity and ag_news_test, and ties on sms_spam.
+DEFAULT_STUDENT = {"kind": "tfidf_lr", "params": {"C": 32.0}}
+
+
 class DistillConfig(Section):
     enabled: bool = Field(False, description="run the distill stage after stack")
-    student: StudentSpec = Field(default_factory=StudentSpec)
-    alpha: float = Field(0.3, ge=0.0, le=1.0, description="weight of the hard label in each soft target")
+    student: StudentSpec = Field(default_factory=lambda: StudentSpec(**DEFAULT_STUDENT))
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the hard label in each soft target")
     temperature: float = Field(1.0, gt=0.0, le=20.0, description="applied to the ensemble's probabilities")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
