@@ -328,7 +328,11 @@ def _one_line(exc: BaseException) -> str:
 def main() -> None:
     skip_final_garbage_collection()
     # Warnings on the terminal, without a source-file link each; `train` adds its log file (and --verbose).
-    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False, rich_tracebacks=False)
+    # Captured output (CI, a pipe, a file) gets plain one-line records: rich would wrap a long path at 80 columns.
+    handler: logging.Handler = (RichHandler(console=console, show_path=False, show_time=False, markup=False,
+                                            rich_tracebacks=False) if console.is_terminal else logging.StreamHandler())
+    if not console.is_terminal:
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", handlers=[handler])
     try:
         app()

@@ -23,8 +23,9 @@ def _model(kind: str, n_classes: int = 2):
 
 
 def test_the_students_are_the_kinds_with_soft_targets() -> None:
-    assert soft_target_kinds() == sorted(PARAMS)
-    for kind in soft_target_kinds():
+    builtin = {"tfidf_lr", "tfidf_char_svm", "nb_svm", "embed_lr", "finetune"}  # tests may register more kinds
+    assert sorted(set(soft_target_kinds()) & builtin) == sorted(PARAMS)
+    for kind in PARAMS:
         assert isinstance(_model(kind), SoftTargetModel)
     for kind in ("tfidf_char_svm", "nb_svm"):
         assert not getattr(model_class(kind), "soft_targets", False)

@@ -83,5 +83,5 @@ def test_two_concurrent_train_commands_train_each_fold_once(tmp_path, demo_csv):
     assert f"pid {first.pid} (foldstack train" in refused.stdout + refused.stderr
     assert second.returncode == 0, second.stderr
     assert "waiting for the run lock" in second.stdout + second.stderr
-    assert "trained 6 fold models, reused 0" in out_first
-    assert "trained 0 fold models, reused 6" in second.stdout, "the second run reused the first one's folds"
+    assert "6 fold models trained, 0 reused" in out_first
+    assert "0 fold models trained, 6 reused" in second.stdout, "the second run reused the first one's folds"
