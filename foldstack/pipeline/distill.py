@@ -38,6 +38,8 @@ from foldstack.errors import StageError
 from foldstack.models import make_model, model_class
 from foldstack.models.base import ModelContext, check_proba
 from foldstack.pipeline.identities import plan_fold_tasks
+from foldstack.core.data import Snapshot
+from foldstack.core.folds import FoldAssignment
 from foldstack.pipeline.layout import Layout, load_folds, load_snapshot, require
 from foldstack.runtime.devices import resolve_device
 
@@ -46,12 +48,11 @@ STUDENT_MEMBER = "full"  # one model fitted on every training row (and its augme
 SCALAR_METRICS = ("accuracy", "macro_f1", "log_loss", "roc_auc", "ece", "brier")
 
 
-def honest_teacher_proba(cfg: Config, texts: list[str], sources: np.ndarray) -> np.ndarray:
+def honest_teacher_proba(cfg: Config, texts: list[str], sources: np.ndarray, snapshot: Snapshot,
+                         folds: FoldAssignment) -> np.ndarray:
     """The ensemble's probabilities for `texts` derived from training rows `sources`, from fold members that never
     saw their source row: per base model, the mean over repeats of the member whose validation part held it."""
     layout = Layout.of(cfg)
-    folds = load_folds(cfg)
-    snapshot = load_snapshot(cfg)
     per_model = []
     for spec in cfg.base_models:
         proba = np.zeros((len(texts), snapshot.n_classes))
@@ -83,6 +84,7 @@ def distill(cfg: Config) -> dict[str, Any]:
     require(layout.stack, "stack")
     started = time.perf_counter()
     snapshot = load_snapshot(cfg)
+    folds = load_folds(cfg)
     d = cfg.distill
     texts = snapshot.train["text"].tolist()
     y = snapshot.train["label"].to_numpy()
@@ -97,10 +99,10 @@ def distill(cfg: Config) -> dict[str, Any]:
                                        seed=derive_seed(cfg.seed, "distill-augment"),
                                        min_words=cfg.folds.grouping.min_contained_tokens)
         joint = group_texts(texts + extra, cfg.folds.grouping).groups
-        keep = copies_within_their_source_group(joint, load_folds(cfg).group, sources)
+        keep = copies_within_their_source_group(joint, folds.group, sources)
         extra, sources = [text for text, kept in zip(extra, keep, strict=True) if kept], sources[keep]
         if extra:
-            extra_targets = soft_targets(honest_teacher_proba(cfg, extra, sources), None, snapshot.n_classes,
+            extra_targets = soft_targets(honest_teacher_proba(cfg, extra, sources, snapshot, folds), None, snapshot.n_classes,
                                          alpha=0.0, temperature=d.temperature)
             texts, targets, n_augmented = texts + extra, np.vstack([targets, extra_targets]), len(extra)
     context = ModelContext(n_classes=snapshot.n_classes, device=resolve_device(cfg.runtime.device),
@@ -117,7 +119,7 @@ def distill(cfg: Config) -> dict[str, Any]:
                "augment": d.augment.model_dump(mode="json"), "rows": int(len(y)), "augmented_rows": n_augmented,
                "seconds": round(time.perf_counter() - started, 3), "metrics": metrics}
     with atomic_directory(layout.student) as tmp:
-        _write_student_bundle(cfg, tmp / "bundle", student, report, summary)
+        _write_student_bundle(cfg, tmp / "bundle", student, report, summary, snapshot, folds, holdout_proba)
         save_array(tmp / "holdout_proba.npy", holdout_proba)
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "summary.json", summary)
@@ -125,15 +127,14 @@ def distill(cfg: Config) -> dict[str, Any]:
 
 
 def _write_student_bundle(cfg: Config, directory: Path, student: Any, report: dict[str, Any],
-                          summary: dict[str, Any]) -> None:
+                          summary: dict[str, Any], snapshot: Snapshot, folds: FoldAssignment,
+                          holdout_proba: np.ndarray) -> None:
     """The student as a bundle of the ensemble's format: one base model under a one-model mean (the identity), so
     loading, verification, serving and the registry treat it like any bundle."""
-    snapshot = load_snapshot(cfg)
-    folds = load_folds(cfg)
     student.save(directory / "base" / STUDENT_NAME / STUDENT_MEMBER)
-    holdout = student.predict_proba(snapshot.holdout["text"].tolist()[:1] or [""])
     identity = make_meta(WeightedMeanMetaConfig(), snapshot.n_classes, cfg.seed)
-    identity.fit([holdout], np.asarray([0]))  # the uniform mean learns nothing but the number of models: one
+    # The uniform mean learns nothing but the number of models (one): any row fits it.
+    identity.fit([holdout_proba[:1]], np.asarray([0]))
     (directory / "meta").mkdir(parents=True)
     identity.save(directory / "meta")
     entry = {"name": STUDENT_NAME, "kind": cfg.distill.student.kind, "params": cfg.distill.student.params,
