@@ -91,7 +91,7 @@ def test_data_docs_list_each_run_offline_under_its_foldstack_name(tmp_path, demo
     site = Path(summary["data_docs"].removeprefix("file://")).parent
     store = tmp_path / "gx" / "uncommitted" / "validations" / "foldstack_training_data"
     run_names = sorted(p.name for p in store.iterdir())
-    assert len(run_names) == 2 and all(re.fullmatch(r"foldstack-\d{8}T\d{6}Z-data-[0-9a-f]{12}", n)
+    assert len(run_names) == 2 and all(re.fullmatch(r"foldstack-\d{8}T\d{6}\.\d{3}Z-data-[0-9a-f]{12}", n)
                                        for n in run_names), run_names
     assert run_names[0].split("-data-")[1] == run_names[1].split("-data-")[1]  # the same data, the same hash
 

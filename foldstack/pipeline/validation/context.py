@@ -3,7 +3,7 @@
 Everything is created once and re-saved only when params change it, so the committed suite files stay
 stable; the stored validation results (and their Data Docs pages) are pruned to a bounded history.
 
-Every validation of one gate run shares one GX run id named after the run: `foldstack-<UTC time>-data-<hash of
+Every validation of one gate run shares one GX run id named after the run: `foldstack-<UTC time, to the ms>-data-<hash of
 the training data as validated>` (not GX's `__none__`), so the Data Docs index groups a run's suites together.
 
 Data Docs are made readable offline (`docs_index` finishes the site after the last build): GX's pages load
@@ -115,7 +115,9 @@ class ExpectationsContext:
 
         if self.run_name is None:
             digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes()).hexdigest()
-            self.run_name = f"foldstack-{self.run_time:%Y%m%dT%H%M%SZ}-data-{digest[:12]}"
+            # Milliseconds in the name: two gate runs within one second (a quick re-run) stay two entries.
+            stamp = f"{self.run_time:%Y%m%dT%H%M%S}.{self.run_time.microsecond // 1000:03d}Z"
+            self.run_name = f"foldstack-{stamp}-data-{digest[:12]}"
         return RunIdentifier(run_name=self.run_name, run_time=self.run_time)
 
     def prune_history(self, keep: int) -> list[Any]:
