@@ -19,6 +19,7 @@ from foldstack.config.meta import (
     WeightedMeanParams,
 )
 from foldstack.config.models import BaseModelSpec
+from foldstack.config.monitoring import DriftChecksConfig, MonitoringConfig
 from foldstack.config.runtime import RuntimeConfig
 from foldstack.config.sections import (
     VALIDATION_RULES, DataConfig, EvaluateConfig, FoldsConfig, GroupingConfig, RegistryConfig, SplitConfig,
@@ -28,7 +29,7 @@ from foldstack.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PARAMS_FILE", "META_CONFIGS", "VALIDATION_RULES", "AutoMetaConfig", "BaseModelSpec", "Config",
-    "ConfigError", "DataConfig", "DistillConfig", "EnsembleSelectionMetaConfig", "EnsembleSelectionParams", "EvaluateConfig",
+    "ConfigError", "DataConfig", "DriftChecksConfig", "MonitoringConfig", "DistillConfig", "EnsembleSelectionMetaConfig", "EnsembleSelectionParams", "EvaluateConfig",
     "FoldsConfig", "GroupingConfig", "LogregMetaConfig", "LogregParams", "MetaConfig", "MetaKind", "MetaSection",
     "RegistryConfig", "RuntimeConfig", "Section", "SplitConfig", "TrackingConfig", "ValidationConfig",
     "ValidationRule", "VoteMetaConfig", "VoteParams", "WeightedMeanMetaConfig", "WeightedMeanParams",

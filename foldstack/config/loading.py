@@ -20,6 +20,7 @@ from foldstack.config.base import Section, describe_errors
 from foldstack.config.distill import DistillConfig
 from foldstack.config.meta import META_CONFIGS, AutoMetaConfig, MetaSection, default_kind
 from foldstack.config.models import BaseModelSpec
+from foldstack.config.monitoring import MonitoringConfig
 from foldstack.config.runtime import RuntimeConfig
 from foldstack.config.sections import (
     DataConfig, EvaluateConfig, FoldsConfig, RegistryConfig, SplitConfig, TrackingConfig, ValidationConfig,
@@ -44,6 +45,7 @@ class Config(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @field_validator("meta", mode="before")
     @classmethod
