@@ -1,6 +1,7 @@
 """The FastAPI app: the routes, the request metrics and the watcher that reloads a moved model.
 
-    POST /predict   {"texts": ["...", ...]} -> labels, class probabilities and the model version
+    POST /predict   {"texts": ["...", ...]} -> labels, class probabilities, a request id per text, the model version
+    POST /feedback  {"request_id": "...", "label": "..."} (or {"items": [...]}): the true label (feedback_routes.py)
     GET  /health    the loaded model's version, labels and where it came from
     GET  /metrics   Prometheus text format: requests, latency histogram, predictions per class, model info
     GET  /docs, /redoc   the API pages (Swagger UI, ReDoc), their scripts served from /static: no CDN (docs.py)
@@ -17,6 +18,11 @@ When the model is a registry reference (`production`, `latest`), a watcher threa
 them in one assignment, so requests in flight finish on the model they started with. A new bundle that
 fails to load or verify is refused, counted in `foldstack_model_reloads_total{result="failure"}`, and the
 old model keeps serving.
+
+With `monitoring` (the params' `monitoring` section; serve() passes the source's), each /predict appends its
+texts' rows to the prediction log (foldstack.ops.monitoring.predlog: buffered, written off the request path,
+flushed at shutdown), and /metrics carries the latest monitor report's verdicts
+(`<reports_dir>/monitoring.json`).
 """
 
 from __future__ import annotations
@@ -26,18 +32,26 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
+from foldstack.ops.monitoring.predlog import PredictionLog
 from foldstack.ops.serving.docs import add_offline_docs
+from foldstack.ops.serving.feedback_routes import add_feedback
 from foldstack.ops.serving.metrics import ENDPOINTS, ServiceMetrics
 from foldstack.ops.serving.parsing import parse_predict_body, read_capped
 from foldstack.ops.serving.schemas import (HealthReport, InputError, PredictResult, ServingLimits,
                                            predict_request_schema, refusals)
-from foldstack.ops.serving.state import ModelHolder, ModelSource
+from foldstack.ops.serving.state import LoadedModel, ModelHolder, ModelSource
+
+if TYPE_CHECKING:
+    from foldstack.config.monitoring import MonitoringConfig
 
 log = logging.getLogger("foldstack.ops.serving")
 
@@ -47,27 +61,38 @@ class PrometheusText(Response):
 
 
 def create_app(source: ModelSource, *, limits: ServingLimits | None = None, reload_seconds: float | None = 10.0,
-               device: str = "cpu") -> FastAPI:
-    """The FastAPI app; loads (and verifies) the model now, so a bad reference fails before serving."""
+               device: str = "cpu", monitoring: MonitoringConfig | None = None,
+               monitoring_root: Path | None = None) -> FastAPI:
+    """The FastAPI app; loads (and verifies) the model now, so a bad reference fails before serving.
+
+    `monitoring`: log predictions and take feedback as it says, its paths relative to `monitoring_root` (the
+    params file's directory; default the working directory). None: no prediction log (POST /feedback is a 404).
+    """
     disable_created_metrics()  # the *_created series only double the size of every scrape
 
     limits = limits or ServingLimits()
-    metrics = ServiceMetrics()
+    root = Path(monitoring_root) if monitoring_root is not None else Path.cwd()
+    report = _under(root, monitoring.reports_dir) / "monitoring.json" if monitoring is not None else None
+    metrics = ServiceMetrics(monitoring_report=report)
     holder = ModelHolder(source, device=device, on_change=metrics.model_changed)
     holder.load()
     check_for_new_model = _model_checker(holder, metrics)
+    predlog = PredictionLog.from_config(monitoring, root) if monitoring is not None else None
 
-    app = FastAPI(title="foldstack model service", lifespan=_watching(holder, check_for_new_model, reload_seconds),
-                  description="Stacked-ensemble text classification: POST /predict, GET /health, GET /metrics",
-                  docs_url=None, redoc_url=None)  # add_offline_docs serves both pages without a CDN
+    app = FastAPI(title="foldstack model service",
+                  lifespan=_watching(holder, check_for_new_model, reload_seconds, predlog),
+                  description="Stacked-ensemble text classification: POST /predict, POST /feedback, GET /health, "
+                              "GET /metrics", docs_url=None, redoc_url=None)  # add_offline_docs: no CDN
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.limits = limits
     app.state.check_for_new_model = check_for_new_model
+    app.state.predlog = predlog
 
     app.exception_handler(Exception)(_internal_error)
     _observe_requests(app, holder, metrics)
-    _add_predict(app, holder, metrics, limits)
+    _add_predict(app, holder, metrics, limits, predlog)
+    add_feedback(app, holder, predlog)
     _add_health(app, holder, limits)
     _add_metrics(app, metrics)
     add_offline_docs(app)
@@ -95,8 +120,14 @@ def _model_checker(holder: ModelHolder, metrics: ServiceMetrics) -> Callable[[],
     return check_for_new_model
 
 
-def _watching(holder: ModelHolder, check_for_new_model: Callable[[], bool], reload_seconds: float | None):
-    """The app's lifespan: a watcher thread polls a movable source every `reload_seconds` while it serves."""
+def _under(root: Path, path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else root / path
+
+
+def _watching(holder: ModelHolder, check_for_new_model: Callable[[], bool], reload_seconds: float | None,
+              predlog: PredictionLog | None):
+    """The app's lifespan: a watcher thread polls a movable source every `reload_seconds` while it serves;
+    at shutdown the prediction log writes what it still buffers."""
     stop = threading.Event()
 
     def watch() -> None:
@@ -115,6 +146,8 @@ def _watching(holder: ModelHolder, check_for_new_model: Callable[[], bool], relo
             stop.set()
             if watcher is not None:
                 watcher.join(timeout=10)
+            if predlog is not None:
+                predlog.close()
 
     return lifespan
 
@@ -143,23 +176,37 @@ def _observe_requests(app: FastAPI, holder: ModelHolder, metrics: ServiceMetrics
 
 
 # ---------------------------------------------------------------------------------------------- routes
-def _add_predict(app: FastAPI, holder: ModelHolder, metrics: ServiceMetrics, limits: ServingLimits) -> None:
+def _add_predict(app: FastAPI, holder: ModelHolder, metrics: ServiceMetrics, limits: ServingLimits,
+                 predlog: PredictionLog | None) -> None:
     @app.post("/predict", response_model=PredictResult, responses=refusals(400, 413, 422, 500),
-              response_description="A label and the class probabilities for each text, in the order sent",
+              response_description="A label, the class probabilities and a request id for each text, in the order "
+                                   "sent",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": predict_request_schema(limits)}}}})
     async def predict(request: Request):
+        started = time.perf_counter()
         try:
             body = await read_capped(request, limits.max_body_bytes)
             texts = parse_predict_body(body, limits)
         except InputError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=exc.status)
         model = holder.model  # this request uses this model even if a reload swaps another in meanwhile
-        result = await run_in_threadpool(model.predict, texts)
+        result = await run_in_threadpool(model.predict, texts)  # each prediction gets a new request id
+        if predlog is not None:
+            _log_predictions(predlog, model, texts, result["predictions"], started)
         metrics.batch_size.observe(len(texts))
         for item in result["predictions"]:
             metrics.predictions.labels(str(item["label"]), model.version).inc()
         return result
+
+
+def _log_predictions(predlog: PredictionLog, model: LoadedModel, texts: list[str], predictions: list[dict],
+                     started: float) -> None:
+    names = model.bundle.label_map.names
+    proba = np.array([[item["probabilities"][n] for n in names] for item in predictions], dtype=np.float64)
+    predlog.record([item["request_id"] for item in predictions], texts, [item["label"] for item in predictions],
+                   proba, labels=names, model_version=model.version, bundle_id=model.bundle.manifest.get("bundle_id"),
+                   latency_ms=(time.perf_counter() - started) * 1000.0)
 
 
 def _add_health(app: FastAPI, holder: ModelHolder, limits: ServingLimits) -> None:

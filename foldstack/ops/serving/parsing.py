@@ -39,14 +39,14 @@ def parse_predict_body(body: bytes, limits: ServingLimits) -> list[str]:
         raise InputError(422, f'unknown field(s) {named}; the body holds only "texts"')
     texts = payload["texts"]
     if not isinstance(texts, list):
-        raise InputError(422, f'"texts" must be a list of strings, got {_json_type(texts)}')
+        raise InputError(422, f'"texts" must be a list of strings, got {json_type(texts)}')
     if not texts:
         raise InputError(422, '"texts" is empty: send at least one text')
     if len(texts) > limits.max_batch:
         raise InputError(422, f'"texts" holds {len(texts)} texts; at most {limits.max_batch} per request')
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise InputError(422, f"texts[{i}] is {_json_type(text)}, not a string")
+            raise InputError(422, f"texts[{i}] is {json_type(text)}, not a string")
         if len(text) > limits.max_text_chars:
             raise InputError(422, f"texts[{i}] has {len(text)} characters; at most {limits.max_text_chars}")
         _check_unicode(i, text)
@@ -68,7 +68,7 @@ def _check_unicode(index: int, text: str) -> None:
                               f"U+{ord(text[exc.start]):04X} at character {exc.start}") from None
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     """The JSON name of a parsed value's type, which is what the client sent (not Python's name for it)."""
     if value is None:
         return "null"

@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from foldstack.errors import FoldstackError
+from foldstack.ops.monitoring.feedback import REQUEST_ID_PATTERN
 
 # Every character str.isspace() counts as whitespace, which is what str.strip() (and so the model's
 # normalise_text) removes: besides ASCII whitespace, U+001C..U+001F, U+0085 NEXT LINE and the Unicode spaces.
@@ -64,6 +65,8 @@ class ErrorDetail(BaseModel):
 class Prediction(BaseModel):
     label: str | int
     probabilities: dict[str, float]
+    request_id: str = Field(description="This text's id (32 lowercase hex digits): send it to POST /feedback with "
+                                        "the true label", pattern=REQUEST_ID_PATTERN)
 
 
 class PredictResult(BaseModel):
@@ -99,10 +102,35 @@ def predict_request_schema(limits: ServingLimits) -> dict[str, Any]:
     }
 
 
+class FeedbackResult(BaseModel):
+    recorded: int = Field(description="How many labels were recorded (every item of the request)")
+
+
+# One feedback label: at most this many items per request, labels at most this long.
+FEEDBACK_MAX_ITEMS = 1000
+FEEDBACK_MAX_LABEL_CHARS = 200
+FEEDBACK_MAX_BODY_BYTES = FEEDBACK_MAX_ITEMS * (FEEDBACK_MAX_LABEL_CHARS * 12 + 80) + 1024
+
+
+def feedback_request_schema() -> dict[str, Any]:
+    """The JSON schema of a /feedback body: one {request_id, label}, or {"items": [...]} of them."""
+    item = {"type": "object", "required": ["request_id", "label"], "additionalProperties": False,
+            "properties": {
+                "request_id": {"type": "string", "pattern": REQUEST_ID_PATTERN,
+                               "description": "The request_id /predict returned for the text"},
+                "label": {"type": "string", "minLength": 1, "maxLength": FEEDBACK_MAX_LABEL_CHARS,
+                          "description": "The true label, one of the model's labels (GET /health), as a string"}}}
+    batch = {"type": "object", "required": ["items"], "additionalProperties": False,
+             "properties": {"items": {"type": "array", "minItems": 1, "maxItems": FEEDBACK_MAX_ITEMS,
+                                      "items": item}}}
+    return {"oneOf": [item, batch]}
+
+
 def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` entries of the refusals an endpoint can answer with."""
     meaning = {
         400: "The body is not UTF-8 JSON",
+        404: "A request id is not in the prediction log (never logged, not sampled, or logging is off)",
         413: "The body is larger than the limits allow (see /health)",
         422: "The JSON breaks the request schema or the limits: what and, for a text, which index",
         500: "A bug in the service, never the client's input (e.g. the model failed on texts it accepted); "

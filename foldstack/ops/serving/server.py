@@ -23,10 +23,17 @@ def is_loopback(host: str) -> bool:
 
 def serve(source: ModelSource, *, host: str = "127.0.0.1", port: int = 8000, limits: ServingLimits | None = None,
           reload_seconds: float | None = 10.0, device: str = "cpu", log_level: str = "info") -> None:
-    """Run the service with uvicorn until interrupted (one worker: the model is loaded once)."""
+    """Run the service with uvicorn until interrupted (one worker: the model is loaded once).
+
+    With params (`source.cfg`), its `monitoring` section decides the prediction log (relative to the params
+    file); a bundle directory served without params logs nothing.
+    """
     import uvicorn
 
     if not is_loopback(host):
         log.warning("serving on %s: the service has no authentication; put it behind a proxy that has", host)
-    app = create_app(source, limits=limits, reload_seconds=reload_seconds, device=device)
+    cfg = source.cfg
+    app = create_app(source, limits=limits, reload_seconds=reload_seconds, device=device,
+                     monitoring=cfg.monitoring if cfg is not None else None,
+                     monitoring_root=cfg.resolve_path(".") if cfg is not None else None)
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)

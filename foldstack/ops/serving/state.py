@@ -7,11 +7,14 @@ flight finish on the model they started with; one that fails to load is refused 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from foldstack.bundle import load_bundle
 from foldstack.errors import FoldstackError
@@ -45,16 +48,30 @@ class LoadedModel:
     path: Path
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
-    def predict(self, texts: list[str]) -> dict[str, Any]:
+    def predict(self, texts: list[str], request_ids: list[str] | None = None) -> dict[str, Any]:
+        """The /predict answer for `texts`; each prediction carries its request id (new ones if not given)."""
+        labels, proba = self.predict_arrays(texts)
+        return self.answer(labels, proba, request_ids or new_request_ids(len(texts)))
+
+    def predict_arrays(self, texts: list[str]) -> tuple[list[Any], np.ndarray]:
+        """(predicted labels, class probabilities (n texts, n labels) in `label_map.names` order)."""
         proba = self.bundle.predict_proba(texts)  # normalised by the bundle, as its training data was
+        return self.bundle.label_map.decode(proba.argmax(axis=1)), proba
+
+    def answer(self, labels: list[Any], proba: np.ndarray, request_ids: list[str]) -> dict[str, Any]:
         names = self.bundle.label_map.names
-        labels = self.bundle.label_map.decode(proba.argmax(axis=1))
         return {
             "model_version": self.version,
             "labels": self.bundle.labels,
-            "predictions": [{"label": label, "probabilities": {n: float(p) for n, p in zip(names, row, strict=True)}}
-                            for label, row in zip(labels, proba, strict=True)],
+            "predictions": [{"label": label, "probabilities": {n: float(p) for n, p in zip(names, row, strict=True)},
+                             "request_id": rid}
+                            for label, row, rid in zip(labels, proba, request_ids, strict=True)],
         }
+
+
+def new_request_ids(n: int) -> list[str]:
+    """One new request id per text: a uuid4 in hex (what the prediction log and POST /feedback use)."""
+    return [uuid.uuid4().hex for _ in range(n)]
 
 
 class ModelHolder:
