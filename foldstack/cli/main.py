@@ -283,7 +283,8 @@ def stage_register(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt =
 
 
 # Command groups that live beside their edge (Prefect, registry, validation); each has register(app).
-_EXTENSIONS = ("foldstack.cli.prefect", "foldstack.cli.registry", "foldstack.cli.data", "foldstack.cli.evaluation")
+_EXTENSIONS = ("foldstack.cli.prefect", "foldstack.cli.registry", "foldstack.cli.data", "foldstack.cli.evaluation",
+               "foldstack.cli.monitor")
 
 
 def _register_extensions() -> None:

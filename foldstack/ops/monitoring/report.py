@@ -113,7 +113,8 @@ def _plots(frame: pd.DataFrame, reference: Reference, out_dir: Path) -> list[Pat
 def _length_plot(frame: pd.DataFrame, ref: Reference, path: Path) -> Path:
     words = frame["text_words"].to_numpy(dtype=np.float64)
     top = float(np.quantile(np.r_[ref.train_words, words], 0.99)) + 1
-    bins = np.linspace(0, max(top, 2.0), 41)
+    step = max(1, int(np.ceil(top / 50)))  # whole words per bin: word counts are integers
+    bins = np.arange(0, top + step, step) - 0.5
     figure = new_figure(450)
     ax = figure.add_subplot()
     ax.hist(ref.train_words, bins=bins, density=True, alpha=0.5, color=OTHER_COLOR,

@@ -4,6 +4,8 @@ requests or no texts say insufficient_data, and the reports are written."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from foldstack.core.demo import make_demo_frame
 from foldstack.core.drift import tokens
 from foldstack.errors import DataError, StageError
 from foldstack.ops.monitoring.checks import CHECKS, check_window
+from foldstack.ops.monitoring.feedback import Feedback, record_feedback
+from foldstack.ops.monitoring.monitor import run_monitor
+from foldstack.ops.monitoring.predlog import PredictionLog
 from foldstack.ops.monitoring.reference import prepare_reference, served_role
 from foldstack.ops.monitoring.report import REPORT_JSON, REPORT_MD, markdown, write_reports
 from foldstack.pipeline.stages import run_pipeline
@@ -198,3 +203,56 @@ def test_the_real_embedder_caches_its_vectors(project, tmp_path):
     again = CachedEmbedder("tiny:0", cache_dir=tmp_path / "cache", base_dir=tmp_path)
     np.testing.assert_allclose(again(["a bad tent"]), first[1:], atol=1e-6)
     assert again._encoder is None  # served from the cache: the model was never loaded
+
+
+def write_log(log_dir: Path, bundle, texts: list[str], *, store_texts: bool = True) -> list[str]:
+    """Log `texts` as the service does (PredictionLog, one request per 50 texts); returns the request ids."""
+    proba = bundle.predict_proba(texts)
+    labels = [str(label) for label in bundle.labels]
+    ids = [uuid.uuid4().hex for _ in texts]
+    writer = PredictionLog(log_dir, store_texts=store_texts)
+    for start in range(0, len(texts), 50):
+        part = slice(start, start + 50)
+        writer.record(ids[part], texts[part], [labels[i] for i in proba[part].argmax(axis=1)], proba[part],
+                      labels=labels, model_version="3", bundle_id=bundle.manifest["bundle_id"], latency_ms=2.0)
+    writer.close()
+    return ids
+
+
+def test_run_monitor_reads_the_log_and_feedback_and_writes_the_reports(project, tmp_path):
+    cfg, bundle, _ = project
+    cfg = cfg.model_copy(update={"monitoring": cfg.monitoring.model_copy(
+        update={"reports_dir": str(tmp_path / "reports"), "checks": cfg.monitoring.checks.model_copy(
+            update={"embedding_model": "tiny:0"})})})
+    demo = make_demo_frame(rows=200, n_classes=3, seed=41)
+    ids = write_log(tmp_path / "log", bundle, in_domain(100, 40) + demo["text"].tolist())
+    record_feedback(tmp_path / "log", [Feedback(i, label) for i, label in zip(ids[100:], demo["label"], strict=True)],
+                    source="api")
+    result = run_monitor(cfg, window=250, log_dir=tmp_path / "log")
+    assert result["n_requests"] == 250 and result["n_feedback"] == 200 and result["model_version"] == "3"
+    assert result["reference"]["model"] == "ensemble" and result["drift_detected"] is False
+    assert verdicts(result)["accuracy_drop"] == "ok" and verdicts(result)["embedding_auc"] == "ok"
+    saved = json.loads((tmp_path / "reports" / REPORT_JSON).read_text())
+    assert saved["checks"] == result["checks"] and (tmp_path / "reports" / REPORT_MD).is_file()
+    assert result["window"]["first"] <= result["window"]["last"]
+
+
+def test_run_monitor_without_a_log_is_a_one_line_error(project, tmp_path):
+    cfg, _, _ = project
+    with pytest.raises(DataError, match="no prediction log at"):
+        run_monitor(cfg, log_dir=tmp_path / "nothing")
+
+
+def test_the_cli_exits_3_on_drift_and_2_without_a_log(project, tmp_path):
+    cfg, bundle, _ = project
+    params = cfg.resolve_path(".") / "params.yaml"
+    write_log(tmp_path / "log", bundle, news_texts(120, 5))
+    cli = [sys.executable, "-m", "foldstack.cli", "monitor", "-p", str(params),
+           "--set", f"monitoring.reports_dir={tmp_path / 'reports'}", "--set", "monitoring.checks.embedding_model=tiny:0"]
+    drifted = subprocess.run([*cli, "--log-dir", str(tmp_path / "log")], capture_output=True, text=True, timeout=300)
+    assert drifted.returncode == 3, drifted.stderr
+    assert "drift detected" in drifted.stdout and "oov_rate_increase" in drifted.stdout
+    assert json.loads((tmp_path / "reports" / REPORT_JSON).read_text())["drift_detected"] is True
+    missing = subprocess.run([*cli, "--log-dir", str(tmp_path / "none")], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().startswith("error: no prediction log at") and len(missing.stderr.splitlines()) == 1
