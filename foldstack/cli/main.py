@@ -284,7 +284,7 @@ def stage_register(params: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt =
 
 # Command groups that live beside their edge (Prefect, registry, validation); each has register(app).
 _EXTENSIONS = ("foldstack.cli.prefect", "foldstack.cli.registry", "foldstack.cli.data", "foldstack.cli.evaluation",
-               "foldstack.cli.monitor")
+               "foldstack.cli.monitor", "foldstack.cli.monitoring")
 
 
 def _register_extensions() -> None:

@@ -1,10 +1,18 @@
-"""Batch prediction of a file of texts with a bundle (the CLI's `predict` and the batch flow)."""
+"""Batch prediction of a file of texts with a bundle (the CLI's `predict` and the batch flow).
+
+The output has one row per text: row, prediction, proba_<label>..., model_version and request_id (a new id per
+text). With `monitoring` (the params' section, log_predictions on) the predictions are appended to the
+prediction log too (source "predict", latency_ms: the text's share of its batch's time), so feedback for them
+can be given with `foldstack feedback FILE` (the output's request_id column).
+"""
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,6 +20,10 @@ import pandas as pd
 from foldstack.bundle import Bundle, load_bundle
 from foldstack.core.data import read_table
 from foldstack.errors import DataError
+from foldstack.ops.monitoring.predlog import PredictionLog
+
+if TYPE_CHECKING:
+    from foldstack.config.monitoring import MonitoringConfig
 
 
 def read_texts(path: Path, text_column: str) -> list[str]:
@@ -28,21 +40,31 @@ def read_texts(path: Path, text_column: str) -> list[str]:
     return [str(t) for t in texts]
 
 
-def predictions_frame(bundle: Bundle, texts: list[str], batch_size: int = 1024,
-                      progress: bool = False) -> pd.DataFrame:
+def predictions_frame(bundle: Bundle, texts: list[str], batch_size: int = 1024, progress: bool = False,
+                      predlog: PredictionLog | None = None) -> pd.DataFrame:
     probas = []
+    ids = [uuid.uuid4().hex for _ in texts]
     batches = range(0, len(texts), batch_size)
     if progress:
-        from rich.progress import track
+        from rich.progress import track  # deferred: rich
 
         batches = track(batches, description="predicting", transient=True)
+    names = bundle.label_map.names
     for start in batches:
-        probas.append(bundle.predict_proba(texts[start:start + batch_size]))  # the bundle normalises them
+        started = time.perf_counter()
+        chunk = texts[start:start + batch_size]
+        proba = bundle.predict_proba(chunk)  # the bundle normalises them
+        probas.append(proba)
+        if predlog is not None:
+            predlog.record(ids[start:start + batch_size], chunk, bundle.label_map.decode(proba.argmax(1)), proba,
+                           labels=names, model_version=bundle.version, bundle_id=bundle.manifest.get("bundle_id"),
+                           latency_ms=(time.perf_counter() - started) * 1000.0 / max(len(chunk), 1))
     proba = np.concatenate(probas) if probas else np.zeros((0, len(bundle.labels)))
     frame = pd.DataFrame({"row": np.arange(1, len(texts) + 1), "prediction": bundle.label_map.decode(proba.argmax(1))})
-    for i, name in enumerate(bundle.label_map.names):
+    for i, name in enumerate(names):
         frame[f"proba_{name}"] = proba[:, i]
     frame["model_version"] = bundle.version
+    frame["request_id"] = ids
     return frame
 
 
@@ -66,10 +88,18 @@ def write_frame(frame: pd.DataFrame, output: Path) -> None:
 
 
 def predict_file(bundle: Path | Bundle, input_path: Path, output: Path, *, text_column: str = "text",
-                 batch_size: int = 1024, device: str = "cpu") -> int:
-    """Predict every text of `input_path` and write labels + probabilities + model version to `output`."""
+                 batch_size: int = 1024, device: str = "cpu", monitoring: MonitoringConfig | None = None,
+                 monitoring_root: Path | None = None) -> int:
+    """Predict every text of `input_path` and write labels + probabilities + model version + request ids to
+    `output`; with `monitoring`, log them (paths relative to `monitoring_root`, default the working directory)."""
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device=device)
     texts = read_texts(input_path, text_column)
-    frame = predictions_frame(loaded, texts, batch_size=batch_size, progress=True)
-    write_frame(frame, output)
+    predlog = (PredictionLog.from_config(monitoring, Path(monitoring_root or Path.cwd()), source="predict")
+               if monitoring is not None else None)
+    try:
+        frame = predictions_frame(loaded, texts, batch_size=batch_size, progress=True, predlog=predlog)
+        write_frame(frame, output)
+    finally:
+        if predlog is not None:
+            predlog.close()  # what is still buffered goes to the log before predict returns
     return len(frame)

@@ -318,3 +318,25 @@ def data_change(cfg: Config, root: Path | str | None = None) -> DataChange:
                                           f"DVC; run `dvc commit {VALIDATE_STAGE}` once to record an md5")
                 locked = dep.get("md5")
     return DataChange(path=str(data_path), locked_md5=locked, current_md5=current)
+
+
+# ------------------------------------------------------------------------------------ data versions
+def is_dvc_project(root: Path | str) -> bool:
+    return (Path(root) / ".dvc").is_dir()
+
+
+def add_data_version(root: Path | str, data_path: Path) -> str:
+    """`dvc add` the data file (after `foldstack feedback merge` wrote a new version): its bytes go into the DVC
+    cache and `<file>.dvc` records their md5 for git. Returns a sentence saying what was recorded.
+
+    A file git already tracks cannot be DVC-tracked as well: then nothing is added, and the sentence says to
+    commit the file with git (dvc.lock's validate stage still sees the change either way).
+    """
+    root, data_path = Path(root), Path(data_path)
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "--error-unmatch", str(data_path.resolve())],
+                            capture_output=True, text=True)
+    if listed.returncode == 0:
+        return f"{data_path.name} is tracked by git, not DVC: commit it (`git add {data_path}`)"
+    _dvc(root, "add", str(data_path.resolve()))
+    pointer = data_path.with_name(data_path.name + ".dvc")
+    return f"DVC: `dvc add` recorded it in {pointer} (commit that file; `dvc push` sends the bytes to the remote)"

@@ -103,19 +103,20 @@ def read_prediction_log(log_dir: Path, last: int | None = None) -> pd.DataFrame:
         # stop once no remaining part can hold a row newer than the newest `last` read so far.
         stamps = {p: _newest_time(p) for p in files}
         files = sorted(files, key=lambda p: (stamps[p] is None, stamps[p] or _EPOCH), reverse=True)
-    frames: list[pd.DataFrame] = []
+    frames: dict[Path, pd.DataFrame] = {}
     for path in files:
         if last is not None and frames:
-            cutoff = _enough(frames, last)
+            cutoff = _enough(list(frames.values()), last)
             if cutoff is not None and stamps[path] is not None and stamps[path] < cutoff:
                 break
         table = _read_part(path)
         if table is not None and table.num_rows:
-            frames.append(table.to_pandas())
+            frames[path] = table.to_pandas()
     if not frames:
         return row_schema([]).empty_table().to_pandas()
-    frame = pd.concat(frames, ignore_index=True, sort=False)
-    frame = _ordered_columns(frame).sort_values(["time", "request_id"], kind="stable").reset_index(drop=True)
+    # Parts in name order, then a stable sort on time: rows of one request (one time) keep their order.
+    frame = pd.concat([frames[p] for p in sorted(frames)], ignore_index=True, sort=False)
+    frame = _ordered_columns(frame).sort_values("time", kind="stable").reset_index(drop=True)
     return frame if last is None else frame.tail(last).reset_index(drop=True)
 
 

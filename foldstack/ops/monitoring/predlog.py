@@ -37,13 +37,16 @@ import numpy as np
 import pyarrow as pa
 
 from foldstack.common.files import remove_stale_temporaries
-from foldstack.ops.monitoring.logfiles import (PROBA_PREFIX, IdIndex, predictions_dir, row_schema,
-                                               write_table_atomically)
+from foldstack.errors import ConfigError
+from foldstack.ops.monitoring.logfiles import (PROBA_PREFIX, IdIndex, predictions_dir, read_prediction_log,
+                                               row_schema, write_table_atomically)
 
 if TYPE_CHECKING:
     from foldstack.config.monitoring import MonitoringConfig
 
 log = logging.getLogger("foldstack.ops.monitoring")
+
+__all__ = ["OVERHEAD", "OVERHEAD_BOUND_MS", "PredictionLog", "is_sampled", "read_prediction_log"]
 
 # A logged /predict against an unlogged one, one text per request (see the module docstring).
 OVERHEAD = "p50 +0.0 ms, p99 +0.0 ms (to be measured)"
@@ -108,6 +111,11 @@ class PredictionLog:
         self._seq = 0
         self._index = IdIndex(self.log_dir)
         self._thread: threading.Thread | None = None
+        try:  # here, not on the first request: a log directory that cannot be made fails the start
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"monitoring.log_dir: cannot create {self.directory}: {exc.strerror or exc}") from None
+        remove_stale_temporaries(self.directory)  # a killed writer's half-written temporaries
 
     @classmethod
     def from_config(cls, cfg: MonitoringConfig, root: Path, *, source: str = "serve") -> PredictionLog | None:
@@ -161,8 +169,6 @@ class PredictionLog:
 
     # ------------------------------------------------------------------------------ the writer side
     def _start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.directory)  # a killed writer's half-written temporaries
         self._thread = threading.Thread(target=self._run, name="foldstack-prediction-log", daemon=True)
         self._thread.start()
 
