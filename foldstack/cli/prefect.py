@@ -1,5 +1,5 @@
 """The Prefect commands of the `foldstack` CLI: `server` (a local Prefect server with its UI) and `serve` (the
-`retrain` and `watch-data` deployments, served from this process).
+`retrain`, `watch-data` and `monitor` deployments, served from this process).
 
 Loaded by `foldstack.cli.main` through `register(app)`. Prefect is imported inside the commands only, so that the
 rest of the CLI starts without it, and after `flows` has settled PREFECT_HOME (Prefect reads it at import).
@@ -120,7 +120,8 @@ def serve(
     api_url: Annotated[str | None, typer.Option(help="the Prefect API [default: PREFECT_API_URL, else the local "
                                                      "`foldstack server`]")] = None,
 ) -> None:
-    """Serve the `retrain` (cron + data-change trigger) and `watch-data` deployments until interrupted."""
+    """Serve the `retrain` (cron + data-change and drift triggers), `watch-data` and `monitor` deployments until
+    interrupted."""
     url = api_url or os.environ.get("PREFECT_API_URL") or _local_api_url()
     _check_server(url)
     os.environ["PREFECT_API_URL"] = url  # the flow runs this process starts inherit it
@@ -130,8 +131,9 @@ def serve(
     from flows.deploy import serve_all  # deferred: prefect
 
     cfg = load_config(params)  # a bad params file fails here, before anything is registered
-    typer.echo(f"serving retrain (cron {cfg.runtime.retrain_cron!r}, on foldstack.data.changed) and watch-data "
-               f"(every {cfg.runtime.watch_interval_seconds}s) against {url}", err=True)
+    typer.echo(f"serving retrain (cron {cfg.runtime.retrain_cron!r}, on foldstack.data.changed and "
+               f"foldstack.model.drifted), watch-data (every {cfg.runtime.watch_interval_seconds}s) and monitor "
+               f"(every {cfg.monitoring.schedule_minutes} min) against {url}", err=True)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         serve_all(params)
 
