@@ -58,7 +58,8 @@ def monitoring_markdown(cfg: Config, report: Mapping[str, Any]) -> str:
     """reports/monitoring.md with the plots embedded; the plots it lists but does not link are appended."""
     reports_dir = cfg.resolve_path(cfg.monitoring.reports_dir)
     md_file = reports_dir / REPORT_MD
-    text = md_file.read_text(encoding="utf-8") if md_file.is_file() else f"# foldstack monitoring\n\n{_summary(report)}\n"
+    text = (md_file.read_text(encoding="utf-8") if md_file.is_file()
+            else f"# foldstack monitoring\n\n{_summary(report)}\n")
     linked = {target for _, target in IMAGE_LINK.findall(text)}
     unlinked = [plot for plot in report.get("plots", []) if plot not in linked]
     if unlinked:

@@ -18,6 +18,7 @@ import os
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+import base64  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
@@ -36,13 +37,13 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFi
 from prefect.exceptions import ObjectNotFound  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-from flows.monitor import ANNOUNCED_DRIFT_FILE, DRIFTED_EVENT, model_resource_id, monitor  # noqa: E402
+from flows.monitor import ANNOUNCED_DRIFT_FILE, DRIFTED_EVENT, announce_drift, model_resource_id, monitor  # noqa: E402
 from foldstack.bundle import load_bundle  # noqa: E402
 from foldstack.common.files import read_json  # noqa: E402
 from foldstack.config import load_config  # noqa: E402
 from foldstack.core.demo import make_demo_frame  # noqa: E402
 from foldstack.pipeline.stages import Layout, run_pipeline  # noqa: E402
-from tasks.monitor_report import MONITORING_CHECKS_KEY, MONITORING_REPORT_KEY  # noqa: E402
+from tasks.monitor_report import MONITORING_CHECKS_KEY, MONITORING_REPORT_KEY, embed_images  # noqa: E402
 from tests.conftest import write_params  # noqa: E402
 from tests.flows.test_prefect_cli import TINY, _emit, _wait_for, served  # noqa: E402
 
@@ -104,6 +105,31 @@ def drifted_events(client) -> list:
                                           occurred=EventOccurredFilter(since=datetime.now(timezone.utc)
                                                                        - timedelta(hours=1))), limit=50)
     return page.events
+
+
+# ------------------------------------------------------------------------------------ without a server
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")
+
+
+def test_the_report_embeds_its_local_pngs_within_the_budget(tmp_path):
+    (tmp_path / "monitoring").mkdir()
+    (tmp_path / "monitoring" / "a.png").write_bytes(PNG)
+    (tmp_path / "monitoring" / "b.png").write_bytes(PNG)
+    text = "![a](monitoring/a.png) ![b](monitoring/b.png) ![gone](monitoring/gone.png) ![web](https://x/y.png)"
+    encoded = base64.b64encode(PNG).decode("ascii")
+    assert embed_images(text, tmp_path).count(f"(data:image/png;base64,{encoded})") == 2
+    one = embed_images(text, tmp_path, budget=len(encoded))  # room for the first only: the second by its path
+    assert one.count("data:image/png") == 1 and f"`{tmp_path / 'monitoring' / 'b.png'}` (too large" in one
+    assert "![gone](monitoring/gone.png)" in one and "![web](https://x/y.png)" in one  # left as they were
+
+
+def test_trigger_retrain_false_reports_without_emitting(tmp_path, demo_csv):
+    cfg = load_config(write_params(tmp_path, demo_csv, monitoring={"trigger_retrain": False}))
+    report = {"drift_detected": True, "n_requests": 100, "checks": [{"name": "oov_rate_increase", "verdict": "drift"}]}
+    assert announce_drift(cfg, report, "params.yaml") == {"emitted": False,
+                                                          "reason": "monitoring.trigger_retrain is false"}
+    assert not (cfg.resolve_path(cfg.runtime.artifacts_dir) / ANNOUNCED_DRIFT_FILE).exists()
 
 
 # ------------------------------------------------------------------------------------ the flow itself
