@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,6 +23,7 @@ from foldstack.config import load_config
 from foldstack.ops.monitoring import read_feedback, read_prediction_log
 from foldstack.ops.monitoring.logfiles import part_files
 from foldstack.ops.monitoring.predlog import OVERHEAD_BOUND_MS
+from foldstack.ops.predict import predict_file
 from foldstack.pipeline.stages import Layout, run_pipeline
 from tests.conftest import write_params
 from tests.paths import REPO_ROOT
@@ -195,3 +197,14 @@ def test_logging_costs_a_request_less_than_the_stated_bound(bundle_dir, tmp_path
     figures = measure_overhead(bundle_dir, tmp_path, demo_csv, requests=200)
     print(figures)
     assert figures["delta_p50"] < OVERHEAD_BOUND_MS, figures
+
+
+def test_batch_prediction_logs_with_source_predict_and_writes_the_request_ids(bundle_dir, tmp_path, demo_csv):
+    cfg = load_config(project(tmp_path, demo_csv, store_texts=True))
+    pd.DataFrame({"text": TEXTS}).to_csv(tmp_path / "in.csv", index=False)
+    assert predict_file(bundle_dir, tmp_path / "in.csv", tmp_path / "out.csv", monitoring=cfg.monitoring,
+                        monitoring_root=cfg.resolve_path(".")) == 3
+    out = pd.read_csv(tmp_path / "out.csv")
+    frame = read_prediction_log(tmp_path / "mon")
+    assert frame["request_id"].tolist() == out["request_id"].tolist() and set(frame["source"]) == {"predict"}
+    assert frame["predicted"].tolist() == out["prediction"].tolist() and frame["text"].tolist() == TEXTS
