@@ -14,6 +14,7 @@ from a different model.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Self
@@ -107,11 +108,11 @@ class EmbedLR:
             vectors = last[1]
             self._count(computed=0, cached=len(texts))
         elif self.context.cache_dir is None:
-            vectors = self._encoder().encode(texts)
+            vectors = self._encode(texts)
             self._count(computed=len(texts), cached=0)
         else:
             rows, n_computed = TextArrayStore(Path(self.context.cache_dir) / "embeddings" / function).lookup_or_compute(
-                texts, lambda missing: RaggedArray.from_matrix(self._encoder().encode(missing)), namespace=function
+                texts, lambda missing: RaggedArray.from_matrix(self._encode(missing)), namespace=function
             )
             vectors = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
             self._count(computed=n_computed, cached=len(texts) - n_computed)
@@ -122,10 +123,21 @@ class EmbedLR:
             vectors = vectors / np.maximum(norms, 1e-12)
         return vectors
 
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """The encoder's forward passes over texts no cache had; their seconds go to `embed_seconds_` (loading
+        the encoder and looking texts up in the cache are not counted: the figure is encode throughput)."""
+        encoder = self._encoder()
+        started = time.perf_counter()
+        vectors = encoder.encode(texts)
+        self.embed_seconds_ = getattr(self, "embed_seconds_", 0.0) + (time.perf_counter() - started)
+        return vectors
+
     def _count(self, *, computed: int, cached: int) -> None:
-        """Running totals over this model's life, so callers and tests can see the cache at work."""
+        """Running totals over this model's life, so callers and tests can see the cache at work; with
+        `embed_seconds_`, what a fold task records of its embedding pass (texts encoded, from cache, seconds)."""
         self.n_embedded_ = getattr(self, "n_embedded_", 0) + computed
         self.n_from_cache_ = getattr(self, "n_from_cache_", 0) + cached
+        self.embed_seconds_ = getattr(self, "embed_seconds_", 0.0)
 
     # ---------------------------------------------------------------------------------------------
     # the protocol
