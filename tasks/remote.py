@@ -30,6 +30,7 @@ from foldstack.common.files import read_json
 from foldstack.config import Config, apply_overrides, config_from_dict
 from foldstack.errors import ConfigError, StageError
 from foldstack.pipeline import stages
+from foldstack.pipeline.embedding_stats import EMBEDDING
 from tasks.fold import fold_label, skipped_state
 from tasks.pipeline import transient_failure
 from tasks.storage import download_directory, fold_key, is_published, publish_inputs, upload_directory
@@ -138,7 +139,8 @@ def train_fold_remote(cfg: Config, model: str, repeat: int, fold: int, identity:
     record = read_json(directory / "task.json")  # written by the worker's train_fold
     logger.info("%s: trained by %s on %s in %.1fs", label, remote_run, record["device"], record["seconds"])
     return {"task": label, "identity": identity, "skipped": False, "seconds": record["seconds"],
-            "device": record["device"], "remote_run": remote_run}
+            "device": record["device"], "remote_run": remote_run,
+            **({EMBEDDING: record[EMBEDDING]} if record.get(EMBEDDING) else {})}
 
 
 # ------------------------------------------------------------------------------------------ worker side

@@ -13,6 +13,7 @@ from foldstack.config import Config
 from foldstack.core import crossfit
 from foldstack.core.crossfit import FULL_FIT, fill_oof
 from foldstack.errors import StageError
+from foldstack.pipeline.embedding_stats import EMBEDDING, embedding_counters
 from foldstack.pipeline.identities import FoldTask, fold_task_done, fold_unit, plan_fold_tasks
 from foldstack.pipeline.layout import Layout, Reporter, load_folds, load_snapshot, log_report, require
 from foldstack.runtime.devices import resolve_device
@@ -40,6 +41,9 @@ def train_fold(cfg: Config, model: str, repeat: int, fold: int, device: str | No
                                n_classes=snapshot.n_classes, device=device,
                                cache_dir=cfg.resolve_path(cfg.runtime.cache_dir), base_dir=cfg.resolve_path("."),
                                holdout_texts=snapshot.holdout["text"].tolist())
+    # Results, not identity inputs: texts encoded / from the cache and encode seconds, for kinds that embed.
+    embedding = embedding_counters(fitted.model)
+    extra = {EMBEDDING: embedding} if embedding is not None else {}
     remove_stale_temporaries(directory.parent)
     with atomic_directory(directory) as tmp:
         (tmp / "model").mkdir()
@@ -50,10 +54,10 @@ def train_fold(cfg: Config, model: str, repeat: int, fold: int, device: str | No
         write_json(tmp / "task.json", {
             "identity": task.identity, "model": model, "kind": unit.spec.kind, "repeat": repeat, "fold": fold,
             "n_train": fitted.n_train, "n_val": int(len(fitted.val_rows)), "device": device, "seed": unit.seed,
-            "fit_seconds": round(fitted.fit_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
+            "fit_seconds": round(fitted.fit_seconds, 3), "seconds": round(time.perf_counter() - started, 3), **extra,
         })
     return {"task": task.label, "identity": task.identity, "skipped": False,
-            "seconds": round(time.perf_counter() - started, 3), "device": device}
+            "seconds": round(time.perf_counter() - started, 3), "device": device, **extra}
 
 
 def collect_oof(cfg: Config, model: str) -> dict[str, Any]:
