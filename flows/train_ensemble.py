@@ -76,7 +76,8 @@ def _train_under_lock(cfg: Config, params: str, overrides: list[str] | None, log
     report = run_report(cfg, data=data_summary, folds=folds_summary, trained=base.trained, reused=base.reused,
                         failed=base.failed, fit_seconds=base.fit_seconds, stacked=stack_summary,
                         evaluation=evaluation_summary, bundle=bundle_summary["bundle"], registration=registered,
-                        versioning=versioned, reruns={**reruns, "skipped_by_dvc": skipped_by_dvc})
+                        versioning=versioned, reruns={**reruns, "skipped_by_dvc": skipped_by_dvc},
+                        embedding=base.embedding)
     publish_run_artifacts(report, evaluation_summary["leaderboard"], bundle_summary["bundle"])
     record_successful_run(cfg, data_summary)
     return {"bundle": bundle_summary["bundle"], "metrics": evaluation_summary["metrics"],

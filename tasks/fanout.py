@@ -15,6 +15,7 @@ from prefect.states import State
 from foldstack.common.files import is_complete
 from foldstack.config import Config
 from foldstack.errors import FoldstackError, StageError
+from foldstack.pipeline.embedding_stats import EMBEDDING, EmbeddingTotals
 from foldstack.pipeline.stages import FoldTask, Layout, fold_task_done, plan_fold_tasks
 from tasks.executors import executor_class, executor_for
 from tasks.fold import SKIPPED
@@ -58,6 +59,8 @@ class BaseModelRuns:
     failed: list[str] = field(default_factory=list)
     causes: dict[str, str] = field(default_factory=dict)  # failed task label -> its exception, one line
     fit_seconds: dict[str, float] = field(default_factory=dict)
+    # Per base model, over its folds trained in this run: texts encoded, from the cache, encode seconds.
+    embedding: dict[str, EmbeddingTotals] = field(default_factory=dict)
 
     def per_model_lines(self, cfg: Config) -> list[str]:
         """`<model>: N fold tasks trained (fit S s), M reused` (either part left out at 0), in params order."""
@@ -84,7 +87,10 @@ class BaseModelRuns:
             self.reused.append(task_.label)
         else:
             self.trained.append(task_.label)
-            self.fit_seconds[task_.model] = self.fit_seconds.get(task_.model, 0.0) + future.result()["seconds"]
+            result = future.result()
+            self.fit_seconds[task_.model] = self.fit_seconds.get(task_.model, 0.0) + result["seconds"]
+            if result.get(EMBEDDING):
+                self.embedding.setdefault(task_.model, EmbeddingTotals(task_.model)).add(result[EMBEDDING])
         return state
 
 
@@ -157,4 +163,6 @@ def train_base_models(cfg: Config, data: PrefectFuture, folds: PrefectFuture) ->
     logger.info("base models: %d fold tasks trained, %d reused", len(runs.trained), len(runs.reused))
     for line in runs.per_model_lines(cfg):  # one line per base model; each fold's own lines are in its task log
         logger.info("%s", line)
+    for totals in runs.embedding.values():  # encode throughput of the models that embed texts
+        logger.info("embedding %s", totals.line())
     return runs

@@ -9,6 +9,7 @@ It names eval/report.html, the self-contained page with everything (foldstack.pi
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from foldstack.pipeline import stages
 from foldstack.config import Config
+from foldstack.pipeline.embedding_stats import COLUMNS as EMBEDDING_COLUMNS, EmbeddingTotals
 from foldstack.pipeline.report import REPORT_HTML, plot_caption
 
 PROGRESS_KEY = "foldstack-training-progress"
@@ -58,9 +60,11 @@ def _format(value: Any) -> str:
 def run_report(cfg: Config, *, data: dict[str, Any], folds: dict[str, Any], trained: list[str],
                reused: list[str], failed: list[str], fit_seconds: dict[str, float], stacked: dict[str, Any],
                evaluation: dict[str, Any], bundle: str, registration: dict[str, Any],
-               versioning: dict[str, Any], reruns: dict[str, Any] | None = None) -> str:
-    """The markdown run report: data, validation, what DVC skipped, training (what was reused), leaderboard,
-    where it went. `reruns`: the plan-reruns task's answer plus `skipped_by_dvc`, the stages not recomputed."""
+               versioning: dict[str, Any], reruns: dict[str, Any] | None = None,
+               embedding: Mapping[str, EmbeddingTotals] | None = None) -> str:
+    """The markdown run report: data, validation, what DVC skipped, training (what was reused), encode
+    throughput, leaderboard, where it went. `reruns`: the plan-reruns task's answer plus `skipped_by_dvc`, the
+    stages not recomputed; `embedding`: per base model, the embedding counters of its folds trained this run."""
     validation = data.get("validation") or {}
     classes = ", ".join(f"{k} {v}" for k, v in data.get("train_class_counts", {}).items())
     lines = [
@@ -86,6 +90,7 @@ def run_report(cfg: Config, *, data: dict[str, Any], folds: dict[str, Any], trai
     lines += [f"| {spec.name} | {spec.kind} | {fit_seconds.get(spec.name, 0.0):.1f} |" for spec in cfg.base_models]
     if reused:
         lines += ["", "Reused: " + ", ".join(f"`{label}`" for label in reused)]
+    lines += embedding_section(embedding or {})
     lines += ["", "## Holdout leaderboard", ""]
     leaderboard_md = stages.Layout.of(cfg).eval / "leaderboard.md"
     lines.append(leaderboard_md.read_text() if leaderboard_md.is_file() else _table(evaluation["leaderboard"]))
@@ -117,6 +122,17 @@ def plots_section(eval_dir: Path, budget: int = EMBED_BUDGET) -> list[str]:
     if others:
         lines += ["Other plots: " + ", ".join(f"`{png}`" for png in others), ""]
     return lines
+
+
+def embedding_section(totals: Mapping[str, EmbeddingTotals]) -> list[str]:
+    """Encode throughput per base model that embeds texts, over its folds trained this run; nothing when none."""
+    if not totals:
+        return []
+    lines = ["", "## Embedding", "",
+             "Texts through the frozen encoder in the fold tasks trained this run; texts from the cache were "
+             "embedded before (an earlier fold, preset or run with the same model), at no cost.", "",
+             "| " + " | ".join(EMBEDDING_COLUMNS) + " |", "|---|---:|---:|---:|---:|"]
+    return lines + ["| " + " | ".join(total.cells()) + " |" for total in totals.values()]
 
 
 def _grouping_lines(grouping: dict[str, Any]) -> list[str]:

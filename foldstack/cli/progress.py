@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from flows.train import RUN_LOG_DIR as LOG_DIR  # in the working directory: run logs, tracebacks
+from foldstack.pipeline.embedding_stats import EMBEDDING, EmbeddingTotals
 
 
 class ProgressReporter:
@@ -33,6 +34,7 @@ class ProgressReporter:
         self.folds_task: Any = None
         self.stage_started = time.monotonic()
         self.fold_counts: dict[str, list[float]] = {}
+        self.embedding: dict[str, EmbeddingTotals] = {}  # per base model, over the folds trained in this run
         self.reused = 0
 
     def line(self, stage: str, text: str) -> None:
@@ -77,12 +79,16 @@ class ProgressReporter:
             self.progress.advance(self.folds_task)
         model = str(info.get("model") or info["task"].split("/")[0])
         self.fold_counts.setdefault(model, []).append(float(info.get("seconds", 0.0)))
+        if info.get(EMBEDDING):
+            self.embedding.setdefault(model, EmbeddingTotals(model)).add(info[EMBEDDING])
         self.log.info("%s %.1fs%s", info["task"], info.get("seconds", 0.0), " (skipped)" if info.get("skipped") else "")
 
     def _on_collected(self, info: dict[str, Any]) -> None:
         fits = self.fold_counts.get(info["model"], [])
         done = f"{len(fits)} folds trained in {sum(fits):.1f}s" if fits else "every fold reused"
         self.line(info["model"], f"{done}; OOF accuracy {info['oof_accuracy']:.4f}, coverage {info['coverage']:.0%}")
+        if info["model"] in self.embedding:  # encode throughput: the run's log (the screen too with --verbose)
+            self.log.info("embedding %s", self.embedding[info["model"]].line())
 
     def _on_stacked(self, info: dict[str, Any]) -> None:
         cv = info["cv"]

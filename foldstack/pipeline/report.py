@@ -22,6 +22,8 @@ from typing import Any
 from foldstack.common.files import read_json
 from foldstack.common.version import __version__ as foldstack_version
 from foldstack.config import Config
+from foldstack.errors import FoldstackError
+from foldstack.pipeline.embedding_stats import COLUMNS as EMBEDDING_COLUMNS, recorded_totals
 from foldstack.pipeline.layout import Layout
 from foldstack.pipeline.validation import REPORT_JSON as VALIDATION_JSON
 
@@ -74,6 +76,7 @@ def render_report(cfg: Config, eval_dir: Path, leaderboard: list[dict[str, Any]]
         _section("Leakage diagnostics (out-of-fold vs holdout)", _leakage_section(diagnosis)),
         _section("Data gate", _validation_section(_read_optional(validation_path), validation_path)),
         _section("Overlap groups", _grouping_section(snapshot.get("grouping") or {})),
+        *_embedding_section(cfg),
         _section("Plots", _plots_section(Path(eval_dir) / "plots")),
     ]
     title = f"foldstack report: {cfg.data.path}"
@@ -214,6 +217,19 @@ def _grouping_section(grouping: dict[str, Any]) -> str:
     if grouping.get("warning"):
         parts.append(_p(f"WARNING: {grouping['warning']}", "warn"))
     return "\n".join(parts)
+
+
+def _embedding_section(cfg: Config) -> list[str]:
+    """Encode throughput per base model that embeds texts, from its fold tasks' records; nothing when none does."""
+    try:
+        totals = recorded_totals(cfg)
+    except (OSError, ValueError, FoldstackError):  # no snapshot or folds on disk: nothing to total
+        return []
+    if not totals:
+        return []
+    text = _p("Texts through each frozen encoder, summed over the fold tasks of this stack (recorded by the run "
+              "that trained each fold); texts from the cache were embedded before, at no cost.")
+    return [_section("Embedding", text + _table(list(EMBEDDING_COLUMNS), (t.cells() for t in totals.values())))]
 
 
 def _plots_section(plots_dir: Path) -> str:
