@@ -9,6 +9,7 @@ is allowed. A CLI flag or a flow parameter overrides one key by its dotted path 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,18 @@ from pydantic import Field, ValidationError, field_validator
 from foldstack.config.base import Section, describe_errors
 from foldstack.config.distill import DistillConfig
 from foldstack.config.meta import META_CONFIGS, AutoMetaConfig, MetaSection, default_kind
-from foldstack.config.models import BaseModelSpec
+from foldstack.common.tables import read_table
+from foldstack.config.models import BaseModelSpec, models_within_row_limits
 from foldstack.config.monitoring import MonitoringConfig
 from foldstack.config.runtime import RuntimeConfig
 from foldstack.config.sections import (
     DataConfig, EvaluateConfig, FoldsConfig, RegistryConfig, SplitConfig, TrackingConfig, ValidationConfig,
 )
-from foldstack.errors import ConfigError
+from foldstack.errors import ConfigError, DataError
 from foldstack.models.transformers.hf import TINY_PREFIX, TRANSFORMER_KINDS, resolve_model_source
 
 DEFAULT_PARAMS_FILE = "params.yaml"
+log = logging.getLogger("foldstack.config")
 
 
 class Config(Section):
@@ -97,7 +100,9 @@ class Config(Section):
             if spec.kind not in TRANSFORMER_KINDS or not isinstance(source, str) or source.startswith(TINY_PREFIX):
                 continue
             try:
-                resolve_model_source(source, base_dir=self.resolve_path("."))
+                # The project's cache: a model joined from split packages here is the one the folds load.
+                resolve_model_source(source, base_dir=self.resolve_path("."),
+                                     cache_dir=self.resolve_path(self.runtime.cache_dir))
             except ConfigError as exc:
                 where = (f" A relative directory is looked for in {self.resolve_path('.')} (the params file's "
                          f"directory), then in the working directory." if not Path(source).is_absolute() else "")
@@ -152,7 +157,29 @@ def config_from_dict(raw: dict[str, Any], *, root: Path | str = ".", source: str
         problems = describe_errors(exc, _model_names(raw), tagged={"meta": META_CONFIGS})
         raise ConfigError(f"{source}: invalid params — {problems}") from None
     cfg._root = Path(root).resolve()
+    _leave_out_models_over_their_row_limit(cfg, source)
     return cfg
+
+
+def _leave_out_models_over_their_row_limit(cfg: Config, source: str) -> None:
+    """Apply each base model's `max_data_rows` to the training data's row count, once, at load: every stage,
+    flow and worker then sees the same list. Without a readable data file (a serving machine) nothing is left out;
+    the data's own errors are the validate stage's to report."""
+    if all(spec.max_data_rows is None for spec in cfg.base_models):
+        return
+    try:
+        n_rows = len(read_table(cfg.resolve_path(cfg.data.path), cfg.data.format))
+    except (DataError, OSError):
+        return
+    if cfg.data.max_rows is not None:
+        n_rows = min(n_rows, cfg.data.max_rows)
+    kept, left_out = models_within_row_limits(cfg.base_models, n_rows)
+    if not kept:
+        raise ConfigError(f"{source}: every base model is left out on {n_rows} rows by its max_data_rows; "
+                          "raise a limit or add a base model without one")
+    for name, why in left_out.items():
+        log.warning("base model %s is left out: %s", name, why)
+    cfg.base_models = kept
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:

@@ -27,8 +27,25 @@ class BaseModelSpec(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     kind: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # exclude=True: a rule for taking part, not part of what the model computes; left out of every dump, so fold
+    # identities and seeds are those of the same spec without it.
+    max_data_rows: int | None = Field(
+        None, ge=1, exclude=True, description="train this base model only when the training data has at most this many rows "
+                                "(after data.max_rows); on bigger data it is left out, with a log line saying so "
+                                "(presets/cpu-quality.yaml keeps CPU fine-tuning to small sets this way)")
 
     @model_validator(mode="after")
     def _known_kind_and_params(self) -> BaseModelSpec:
         object.__setattr__(self, "params", validated_params(self.kind, self.params))
         return self
+
+
+def models_within_row_limits(specs: list[BaseModelSpec], n_rows: int) -> tuple[list[BaseModelSpec], dict[str, str]]:
+    """(the specs that take part on data of `n_rows` rows, {left-out name: why}) by each one's `max_data_rows`."""
+    kept, left_out = [], {}
+    for spec in specs:
+        if spec.max_data_rows is not None and n_rows > spec.max_data_rows:
+            left_out[spec.name] = f"the data has {n_rows} rows, over its max_data_rows {spec.max_data_rows}"
+        else:
+            kept.append(spec)
+    return kept, left_out

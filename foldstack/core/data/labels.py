@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from foldstack.config import DataConfig
-from foldstack.core.data.tables import MAX_EXAMPLES, read_table
+from foldstack.common.tables import MAX_EXAMPLES, read_table
 from foldstack.errors import DataError
 
 

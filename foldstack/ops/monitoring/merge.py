@@ -24,8 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from foldstack.config import Config
-from foldstack.core.data import read_table
-from foldstack.core.data.tables import detect_format
+from foldstack.core.data import detect_format, read_table
 from foldstack.errors import DataError
 from foldstack.ops.monitoring.feedback import read_feedback
 from foldstack.ops.monitoring.logfiles import read_prediction_log
