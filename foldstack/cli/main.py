@@ -129,7 +129,10 @@ def predict(
             raise ConfigError("give BUNDLE and INPUT (foldstack predict BUNDLE INPUT -o OUTPUT), "
                               "or --model production INPUT")
         bundle, input_path = paths
-    n = predict_file(bundle, input_path, output, text_column=text_column, batch_size=batch_size)
+    cfg = load_config(params) if params.is_file() else None  # its monitoring section: log the predictions
+    n = predict_file(bundle, input_path, output, text_column=text_column, batch_size=batch_size,
+                     monitoring=cfg.monitoring if cfg is not None else None,
+                     monitoring_root=cfg.resolve_path(".") if cfg is not None else None)
     console.log(f"wrote {n} predictions to {output} (model {bundle})")
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from flows.batch_predict import predict_file_task
 from foldstack.config import load_config
 from foldstack.ops.monitoring import read_feedback, read_prediction_log
 from foldstack.ops.monitoring.logfiles import part_files
@@ -208,3 +209,38 @@ def test_batch_prediction_logs_with_source_predict_and_writes_the_request_ids(bu
     frame = read_prediction_log(tmp_path / "mon")
     assert frame["request_id"].tolist() == out["request_id"].tolist() and set(frame["source"]) == {"predict"}
     assert frame["predicted"].tolist() == out["prediction"].tolist() and frame["text"].tolist() == TEXTS
+
+
+def test_foldstack_predict_logs_what_the_params_ask_for(bundle_dir, tmp_path, demo_csv):
+    """The command line passes the params' monitoring section: `foldstack predict` logs one row per text
+    (source "predict", the ids its output carries); with log_predictions false it writes no log."""
+    pd.DataFrame({"text": TEXTS}).to_csv(tmp_path / "in.csv", index=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+    def predict(params: Path, out: Path) -> None:
+        done = subprocess.run([sys.executable, "-m", "foldstack.cli", "predict", str(bundle_dir),
+                               str(tmp_path / "in.csv"), "-o", str(out), "--params", str(params)],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    predict(project(tmp_path, demo_csv, store_texts=True), tmp_path / "out.csv")
+    out = pd.read_csv(tmp_path / "out.csv")
+    frame = read_prediction_log(tmp_path / "mon")
+    assert frame["request_id"].tolist() == out["request_id"].tolist() and set(frame["source"]) == {"predict"}
+    assert frame["predicted"].tolist() == out["prediction"].tolist() and frame["text"].tolist() == TEXTS
+
+    off = tmp_path / "off"
+    off.mkdir()
+    predict(write_params(off, demo_csv, monitoring={"log_dir": "mon", "log_predictions": False}), off / "out.csv")
+    assert len(pd.read_csv(off / "out.csv")) == 3 and not (off / "mon").exists()
+
+
+def test_the_batch_predict_task_logs_with_the_flow_params(bundle_dir, tmp_path, demo_csv):
+    pd.DataFrame({"text": TEXTS}).to_csv(tmp_path / "in.csv", index=False)
+    params = project(tmp_path, demo_csv)
+    scored = predict_file_task.fn(str(bundle_dir), str(tmp_path / "in.csv"), str(tmp_path / "out.parquet"), "text",
+                                  64, "cpu", str(params), ["monitoring.sample_rate=1.0"])
+    frame = read_prediction_log(tmp_path / "mon")
+    assert scored["rows"] == 3 and len(frame) == 3 and set(frame["source"]) == {"predict"}
+    assert frame["text"].isna().all()  # store_texts false: hashes and lengths only
+    assert frame["request_id"].tolist() == pd.read_parquet(tmp_path / "out.parquet")["request_id"].tolist()
