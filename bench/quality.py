@@ -3,6 +3,7 @@ scikit-learn's `StackingClassifier` over the same base models, on three public t
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python bench/quality.py           # full run, ~15-25 min on 2 cores
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python bench/quality.py --quick   # smoke run on a subsample
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python bench/quality.py --presets # the presets (bench/presets.py)
 
 For each data set (`<data-root>/<name>/all.csv`, columns text,label — read in place, never copied):
 
@@ -518,7 +519,14 @@ def bench_command(script: str, argv: list[str] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--presets" in argv:  # the presets table: default vs presets/*.yaml, run as shipped (bench/presets.py)
+        from bench.presets import main as presets_main  # deferred: bench.presets imports this module
+
+        return presets_main([a for a in argv if a != "--presets"])
     parser = data_set_parser(__doc__, "quality", REPO_ROOT / "bench" / ".work")
+    parser.add_argument("--presets", action="store_true",
+                        help="measure the presets instead (bench/presets.py: default, cpu-quality, gpu with a GPU)")
     args = parser.parse_args(argv)
     output = results_path(args, "quality")
     max_rows = QUICK_ROWS if args.quick else None
