@@ -29,7 +29,7 @@ from foldstack.pipeline.stages import Layout, run_pipeline
 from tests.conftest import write_params
 from tests.paths import REPO_ROOT
 from tests.processes import stop
-from tests.unit.ops.test_serving import free_port, wait_for
+from tests.unit.ops.test_serving import free_port, metric_value, wait_for
 
 pytestmark = pytest.mark.slow
 TEXTS = ["love it, works great", "broke after a day", "it is a lamp"]
@@ -110,6 +110,10 @@ def test_predictions_are_logged_and_feedback_is_checked(bundle_dir, tmp_path, de
 
         documented = server.client.get("/openapi.json").json()["paths"]["/feedback"]["post"]["responses"]
         assert sorted(documented) == ["200", "400", "404", "413", "422", "500"]
+        scraped = server.client.get("/metrics").text  # /feedback has its own endpoint label, not "other"
+        counted = {status: metric_value(scraped, "foldstack_http_requests_total", endpoint="/feedback", status=status)
+                   for status in ("200", "404", "422")}
+        assert counted == {"200": 2, "404": 1, "422": 3}
         server.process.send_signal(signal.SIGTERM)  # a graceful stop: the lifespan closes the log
         server.process.wait(timeout=30)
 

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from foldstack.ops.serving.state import LoadedModel
 
 # Paths that get their own metric label; anything else is "other" so random URLs cannot grow the label set.
-ENDPOINTS = ("/predict", "/health", "/metrics", "/docs", "/redoc", "/openapi.json")
+ENDPOINTS = ("/predict", "/feedback", "/health", "/metrics", "/docs", "/redoc", "/openapi.json")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
