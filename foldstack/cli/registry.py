@@ -343,13 +343,13 @@ def serve_model(
                                                                 "(0: never)")] = 10.0,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
 ) -> None:
-    """Serve a model over HTTP: POST /predict, GET /health, GET /metrics (Prometheus)."""
+    """Serve a model over HTTP: POST /predict, POST /feedback, GET /health, GET /metrics (Prometheus)."""
     from foldstack.ops.serving import ModelSource, ServingLimits, serve  # deferred: fastapi
 
     is_bundle = (Path(model) / "manifest.json").is_file()
     cfg = None if is_bundle and not params.is_file() else _config(params, set_)
     source = ModelSource(model, cfg)
-    err.print(f"serving {model} on http://{host}:{port} (POST /predict, GET /health, GET /metrics)")
+    err.print(f"serving {model} on http://{host}:{port} (POST /predict, POST /feedback, GET /health, GET /metrics)")
     serve(source, host=host, port=port, limits=ServingLimits(max_batch, max_text_chars),
           reload_seconds=reload_seconds or None, device=device)
 
