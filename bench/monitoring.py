@@ -47,6 +47,7 @@ if str(REPO_ROOT) not in sys.path:  # `python bench/monitoring.py` puts only ben
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.common import machine_markdown, markdown_table  # noqa: E402
+from foldstack.ops.monitoring.checks import ACCURACY_BOUND_Z  # noqa: E402
 
 MODELS = [{"name": "tfidf_lr", "kind": "tfidf_lr", "params": {}}, {"name": "nb_svm", "kind": "nb_svm", "params": {}}]
 IN_DOMAIN_WINDOWS = 20
@@ -89,7 +90,7 @@ def balanced_sample(labels: np.ndarray, size: int, majority: int, share: float, 
     return rng.permutation(picked)
 
 
-def accuracy_false_alarm(holdout_accuracy: float, n: int, drop: float, z: float = 1.645) -> float:
+def accuracy_false_alarm(holdout_accuracy: float, n: int, drop: float, z: float = ACCURACY_BOUND_Z) -> float:
     """The chance that accuracy_drop calls drift on n labels of a model exactly as accurate as on the holdout:
     the binomial mass of live accuracies below the holdout's by more than `drop` whose Wilson bound (z) is below
     it too (the holdout accuracy taken as exact)."""
@@ -388,13 +389,11 @@ def false_alarm_lines(results: list[dict[str, Any]], thresholds: dict[str, float
     k = statistics.median_low([r["n_feedback"] for r in results])
     if k >= min_feedback:
         lines.append(
-            f"- accuracy_drop is a one-sided test at 95% (the Wilson bound's z = 1.645): on {k} labels of a model "
-            f"exactly as accurate as on the holdout ({holdout_accuracy:.3f}) it calls drift with probability "
+            f"- accuracy_drop is a one-sided test at 99% (the Wilson bound's z = {ACCURACY_BOUND_Z}): on {k} labels of "
+            f"a model exactly as accurate as on the holdout ({holdout_accuracy:.3f}) it calls drift with probability "
             f"{accuracy_false_alarm(holdout_accuracy, k, drop):.1%} per window by construction (binomial, holdout "
-            f"accuracy taken as exact); at z = 2.326 (99%) "
-            f"{accuracy_false_alarm(holdout_accuracy, k, drop, 2.326):.1%}."
-            " Any alarm of it on in-domain windows is that chance, not a bug; over many windows it alone uses up "
-            "the 1-in-20 budget.")
+            f"accuracy taken as exact); at 95% (z = 1.645) it would be "
+            f"{accuracy_false_alarm(holdout_accuracy, k, drop, 1.645):.1%}, the whole 1-in-20 budget on its own.")
     return lines
 
 
@@ -456,7 +455,7 @@ def write_report(args: argparse.Namespace, v: dict[str, Any]) -> str:
         f"## In-domain: {IN_DOMAIN_WINDOWS} windows of {window} holdout texts", "",
         summary, "", per_window, "",
         f"accuracy: holdout accuracy minus live accuracy on the window's labelled requests (drift also needs the "
-        f"one-sided 95% Wilson bound). Holdout: accuracy {ref['holdout']['accuracy']:.3f}, OOV rate "
+        f"one-sided 99% Wilson bound). Holdout: accuracy {ref['holdout']['accuracy']:.3f}, OOV rate "
         f"{ref['holdout_oov_rate']:.4f} against a training vocabulary of {ref['vocabulary']} tokens.", "",
         f"## Shifted streams: which checks fire after n shifted requests (window = newest {window} rows)", "",
         delay_table, "",

@@ -15,7 +15,7 @@ The checks, each with the threshold of the same name in `monitoring.checks` (sta
 | prediction_psi | prediction | PSI of the predicted-class shares against the holdout predictions' |
 | confidence_psi | prediction | PSI of the top-class probability against the holdout predictions' |
 | accuracy_drop | quality | holdout accuracy minus live accuracy on the window's labelled requests; drift also needs the |
-| | | drop to be more than chance: the live accuracy's one-sided 95% Wilson upper bound below the holdout's |
+| | | drop to be more than chance: the live accuracy's one-sided 99% Wilson upper bound below the holdout's |
 
 Fewer than `min_requests` rows: every check says `insufficient_data` and nothing is called drift; the same
 for the text checks when the log holds no texts (`store_texts: false`), and for accuracy with fewer than
