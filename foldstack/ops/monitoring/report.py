@@ -115,15 +115,22 @@ def _length_plot(frame: pd.DataFrame, ref: Reference, path: Path) -> Path:
     top = float(np.quantile(np.r_[ref.train_words, words], 0.99)) + 1
     step = max(1, int(np.ceil(top / 50)))  # whole words per bin: word counts are integers
     bins = np.arange(0, top + step, step) - 0.5
+    return _histograms(ref.train_words, f"training texts (n={ref.train_words.size})", words, bins, path,
+                       xlabel="words per text (the top 1% left out)",
+                       title="Text length: window against the training texts")
+
+
+def _histograms(reference: np.ndarray, reference_label: str, window: np.ndarray, bins: np.ndarray, path: Path,
+                *, xlabel: str, title: str) -> Path:
+    """The reference as a filled histogram and the window as an outline over it, both as densities."""
     figure = new_figure(450)
     ax = figure.add_subplot()
-    ax.hist(ref.train_words, bins=bins, density=True, alpha=0.5, color=OTHER_COLOR,
-            label=f"training texts (n={ref.train_words.size})")
-    ax.hist(words, bins=bins, density=True, histtype="step", linewidth=2, color=ENSEMBLE_COLOR,
-            label=f"window (n={words.size})")
-    ax.set_xlabel("words per text (the top 1% left out)")
+    ax.hist(reference, bins=bins, density=True, alpha=0.5, color=OTHER_COLOR, label=reference_label)
+    ax.hist(window, bins=bins, density=True, histtype="step", linewidth=2, color=ENSEMBLE_COLOR,
+            label=f"window (n={window.size})")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
-    ax.set_title("Text length: window against the training texts", fontsize=13)
+    ax.set_title(title, fontsize=13)
     ax.legend()
     return _save_atomic(figure, path)
 
@@ -149,14 +156,6 @@ def _class_plot(frame: pd.DataFrame, ref: Reference, path: Path) -> Path:
 def _confidence_plot(frame: pd.DataFrame, ref: Reference, path: Path) -> Path:
     confidence = frame["confidence"].to_numpy(dtype=np.float64)
     bins = np.linspace(1.0 / max(len(ref.labels), 1), 1.0, 31)
-    figure = new_figure(450)
-    ax = figure.add_subplot()
-    ax.hist(ref.holdout_confidence, bins=bins, density=True, alpha=0.5, color=OTHER_COLOR,
-            label=f"holdout predictions (n={ref.holdout_confidence.size})")
-    ax.hist(confidence, bins=bins, density=True, histtype="step", linewidth=2, color=ENSEMBLE_COLOR,
-            label=f"window (n={confidence.size})")
-    ax.set_xlabel("top-class probability")
-    ax.set_ylabel("density")
-    ax.set_title("Confidence: window against the holdout predictions", fontsize=13)
-    ax.legend()
-    return _save_atomic(figure, path)
+    return _histograms(ref.holdout_confidence, f"holdout predictions (n={ref.holdout_confidence.size})",
+                       confidence, bins, path, xlabel="top-class probability",
+                       title="Confidence: window against the holdout predictions")
