@@ -118,7 +118,9 @@ class Config(Section):
     def resolve_path(self, value: str) -> Path:
         """Relative paths in params are relative to the directory of the params file."""
         p = Path(value)
-        return p if p.is_absolute() else (self._root / p)
+        # normpath: a preset's `../artifacts` reads as <project>/artifacts in every message (the root is resolved,
+        # so dropping `..` here cannot cross a symlink).
+        return p if p.is_absolute() else Path(os.path.normpath(self._root / p))
 
     _root: Path = Path(".")
 
