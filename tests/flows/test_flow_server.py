@@ -34,6 +34,7 @@ from foldstack.config import load_config  # noqa: E402
 from foldstack.common.files import load_array  # noqa: E402
 from foldstack.pipeline.stages import Layout, run_pipeline  # noqa: E402
 from tests.conftest import write_params  # noqa: E402
+from tests.flows.prefect_workers import drain_prefect_workers  # noqa: E402
 from tests.paths import REPO_ROOT
 
 START_TIMEOUT_S = 120
@@ -96,6 +97,7 @@ def prefect_server(tmp_path_factory) -> Iterator[str]:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             yield api_url
     finally:
+        drain_prefect_workers()  # while the server still answers: later modules start their own
         _stop(server)
         log.close()
 

@@ -45,6 +45,7 @@ from foldstack.core.demo import make_demo_frame  # noqa: E402
 from foldstack.pipeline.stages import Layout, run_pipeline  # noqa: E402
 from tasks.monitor_report import MONITORING_CHECKS_KEY, MONITORING_REPORT_KEY, embed_images  # noqa: E402
 from tests.conftest import write_params  # noqa: E402
+from tests.flows.prefect_workers import drain_prefect_workers  # noqa: E402
 from tests.flows.test_prefect_cli import TINY, _emit, _wait_for, served  # noqa: E402
 
 MONITOR = "monitor/monitor"
@@ -136,6 +137,7 @@ def test_trigger_retrain_false_reports_without_emitting(tmp_path, demo_csv):
 @pytest.fixture(scope="module")
 def prefect_api():
     """A throw-away Prefect server (a real one, on loopback) and database for this module's fast test."""
+    drain_prefect_workers()  # none left from an earlier module's server may carry this module's events
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
