@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Self
 
@@ -32,7 +32,7 @@ from foldstack.models.transformers.hf import DEFAULT_EMBEDDING_MODEL, model_iden
 from foldstack.models.transformers.text_cache import RaggedArray, TextArrayStore, texts_hash
 from foldstack.runtime.devices import resolve_device
 
-__all__ = ["EmbedLR"]
+__all__ = ["EmbedLR", "cached_embeddings", "embedding_function"]
 
 FORMAT_VERSION = 1
 
@@ -48,6 +48,22 @@ _last_batch: tuple[tuple[str, str], np.ndarray] | None = None
 def _shared_encoder(source: Path, device: str, max_length: int, batch_size: int) -> SentenceEncoder:
     """One frozen encoder per (model, device, settings) in a process, shared by every fold member."""
     return SentenceEncoder(source, device=device, max_length=max_length, batch_size=batch_size)
+
+
+def embedding_function(source: Path, max_length: int) -> str:
+    """The cache address of "mean-pooled embeddings of this model at this truncation" (max_length changes the
+    vectors, so it is part of it): `<cache_dir>/embeddings/<this>/`."""
+    return f"{model_identity(source)}-mean-len{max_length}"
+
+
+def cached_embeddings(texts: list[str], cache_dir: Path, function: str,
+                      encode: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
+    """(the embeddings of `texts`, how many `encode` had to compute) through the cache at
+    `<cache_dir>/embeddings/<function>/`: what every embed_lr fold member and the monitor's embedding check read
+    and fill."""
+    rows, n_computed = TextArrayStore(Path(cache_dir) / "embeddings" / function).lookup_or_compute(
+        texts, lambda missing: RaggedArray.from_matrix(encode(missing)), namespace=function)
+    return (np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)), n_computed
 
 
 @register_model
@@ -98,9 +114,7 @@ class EmbedLR:
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         global _last_batch
         texts = list(texts)
-        identity = model_identity(self._source())
-        # max_length changes the vectors (truncation), so it is part of the function's address.
-        function = f"{identity}-mean-len{self.params.max_length}"
+        function = embedding_function(self._source(), self.params.max_length)
         batch_key = (function, texts_hash(texts, function))
         last = _last_batch
         if last is not None and last[0] == batch_key:
@@ -111,10 +125,7 @@ class EmbedLR:
             vectors = self._encode(texts)
             self._count(computed=len(texts), cached=0)
         else:
-            rows, n_computed = TextArrayStore(Path(self.context.cache_dir) / "embeddings" / function).lookup_or_compute(
-                texts, lambda missing: RaggedArray.from_matrix(self._encode(missing)), namespace=function
-            )
-            vectors = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+            vectors, n_computed = cached_embeddings(texts, Path(self.context.cache_dir), function, self._encode)
             self._count(computed=n_computed, cached=len(texts) - n_computed)
         _last_batch = (batch_key, vectors)
         vectors = vectors.astype(np.float64)

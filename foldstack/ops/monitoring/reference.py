@@ -23,8 +23,8 @@ from foldstack.config import Config
 from foldstack.core import drift
 from foldstack.core.metrics import expected_calibration_error
 from foldstack.models.transformers.batching import SentenceEncoder
-from foldstack.models.transformers.hf import model_identity, resolve_model_source
-from foldstack.models.transformers.text_cache import RaggedArray, TextArrayStore
+from foldstack.models.transformers.embed_lr import cached_embeddings, embedding_function
+from foldstack.models.transformers.hf import resolve_model_source
 from foldstack.pipeline.layout import Layout, load_snapshot, require
 from foldstack.runtime.devices import resolve_device
 
@@ -41,21 +41,21 @@ class CachedEmbedder:
     def __init__(self, model: str, *, cache_dir: Path, base_dir: Path, device: str = "cpu"):
         self.model = model
         self.source = resolve_model_source(model, cache_dir=cache_dir, base_dir=base_dir)
-        self.function = f"{model_identity(self.source)}-mean-len{EMBED_MAX_LENGTH}"
-        self.store = TextArrayStore(Path(cache_dir) / "embeddings" / self.function)
+        self.function = embedding_function(self.source, EMBED_MAX_LENGTH)
+        self.cache_dir = Path(cache_dir)
         self.device = device
         self._encoder: SentenceEncoder | None = None
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        rows, _ = self.store.lookup_or_compute(list(texts), self._compute, namespace=self.function)
-        vectors = np.stack(rows).astype(np.float64)
+        vectors, _ = cached_embeddings(list(texts), self.cache_dir, self.function, self._encode)
+        vectors = vectors.astype(np.float64)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
-    def _compute(self, texts: list[str]) -> RaggedArray:
+    def _encode(self, texts: list[str]) -> np.ndarray:
         if self._encoder is None:  # loaded only when a text is not cached yet
             self._encoder = SentenceEncoder(self.source, device=resolve_device(self.device),
                                             max_length=EMBED_MAX_LENGTH, batch_size=EMBED_BATCH_SIZE)
-        return RaggedArray.from_matrix(self._encoder.encode(texts))
+        return self._encoder.encode(texts)
 
 
 @dataclass
