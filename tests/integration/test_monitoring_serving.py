@@ -28,8 +28,8 @@ from foldstack.ops.predict import predict_file
 from foldstack.pipeline.stages import Layout, run_pipeline
 from tests.conftest import write_params
 from tests.paths import REPO_ROOT
-from tests.processes import stop
-from tests.unit.ops.test_serving import free_port, metric_value, wait_for
+from tests.processes import ServeModel, stop
+from tests.unit.ops.test_serving import metric_value, wait_for
 
 pytestmark = pytest.mark.slow
 TEXTS = ["love it, works great", "broke after a day", "it is a lamp"]
@@ -43,34 +43,11 @@ def bundle_dir(tmp_path_factory, demo_csv) -> Path:
     return Layout.of(cfg).bundle
 
 
-class Server:
+class Server(ServeModel):
     """`foldstack serve-model --model BUNDLE --params PARAMS` as a child process on a free loopback port."""
 
     def __init__(self, bundle: Path, params: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "foldstack.cli", "serve-model", "--model", str(bundle), "--params", str(params),
-             "--port", str(self.port), "--reload-seconds", "0"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-
-    def __enter__(self) -> Server:
-        def up() -> bool:
-            assert self.process.poll() is None, self.process.stdout.read()
-            try:
-                return self.client.get("/health").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, seconds=120)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.client.close()
-        if self.process.poll() is None:
-            stop(self.process)
+        super().__init__("--model", str(bundle), "--params", str(params))
 
     def predict(self, texts: list[str]) -> list[str]:
         answer = self.client.post("/predict", json={"texts": texts})

@@ -4,12 +4,9 @@ input, picking up a promotion, refusing a modified bundle, and the `foldstack se
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,9 +18,8 @@ import uvicorn
 from foldstack.errors import BundleError
 from foldstack.ops.registry import GitModelRegistry
 from foldstack.ops.serving import InputError, ModelSource, ServingLimits, create_app, parse_predict_body
-from tests.processes import stop
+from tests.processes import ServeModel, free_port, wait_for  # noqa: F401  (free_port, wait_for: imported from here too)
 from tests.unit.ops.test_registry import registry_project, train_bundles
-from tests.paths import REPO_ROOT
 
 LIMITS = ServingLimits(max_batch=8, max_text_chars=200)
 
@@ -42,12 +38,6 @@ def registry_cfg(tmp_path, trained):
     registry.register(trained.better)
     registry.promote("v0.1.0", reason="test")
     return cfg
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServerThread:
@@ -72,13 +62,6 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=15)
         assert not self.thread.is_alive(), "the server did not stop"
-
-
-def wait_for(condition, seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -201,24 +184,9 @@ def test_a_bundle_directory_is_served_as_it_is(trained, tmp_path):
 
 
 def test_serve_model_command_binds_loopback(registry_cfg, tmp_path):
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    params = registry_cfg.resolve_path("params.yaml")
-    process = subprocess.Popen([sys.executable, "-m", "foldstack.cli", "serve-model", "--params", str(params),
-                                "--port", str(port), "--reload-seconds", "0"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        def up() -> bool:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, seconds=90)
+    with ServeModel("--params", str(registry_cfg.resolve_path("params.yaml")), startup_s=90) as server:
+        port = server.port
         assert httpx.get(f"http://127.0.0.1:{port}/health").json()["model_version"] == "v0.1.0"
         connections = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout \
             if shutil.which("ss") else f"127.0.0.1:{port}"
         assert f"127.0.0.1:{port}" in connections and f"0.0.0.0:{port}" not in connections
-    finally:
-        stop(process)

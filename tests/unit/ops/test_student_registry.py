@@ -187,38 +187,15 @@ def test_the_service_serves_the_student(project, trained):
 
 def test_serve_model_student_answers_over_loopback(project, trained):
     """The README's `foldstack serve-model --model student`: a real server process on 127.0.0.1."""
-    import os
-    import subprocess
-    import sys
-
-    import httpx
-
-    from tests.paths import REPO_ROOT
-    from tests.processes import stop
-    from tests.unit.ops.test_serving import free_port, wait_for
+    import foldstack
+    from tests.processes import ServeModel
 
     list(register_models(project))  # the ensemble and the student, each promoted
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "foldstack.cli", "serve-model", "--model", "student",
-                                "--params", str(project.resolve_path("params.yaml")), "--port", str(port),
-                                "--reload-seconds", "0"], env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        def up() -> bool:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, seconds=90)
-        answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": ["love it", "broke after a day"]})
+    with ServeModel("--model", "student", "--params", str(project.resolve_path("params.yaml")),
+                    startup_s=90) as server:
+        answer = server.client.post("/predict", json={"texts": ["love it", "broke after a day"]})
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["model_version"] == "v0.1.0" and body["labels"] == LABELS
-        import foldstack
-
         student = foldstack.load(trained.artifacts / "student" / "bundle")  # what was registered as the student
         assert [p["label"] for p in body["predictions"]] == student.predict(["love it", "broke after a day"])
-    finally:
-        stop(process)
